@@ -1,0 +1,142 @@
+"""Corpora in the LJSpeech layout (`metadata.csv` = `id|text|normalized_text`, `wavs/<id>.wav`).
+
+- `read_ljspeech(root)`: a user's LJSpeech copy (or anything in its layout).
+- `download_ljspeech(dest)`: the canonical LJSpeech-1.1 archive, checksum-verified.
+- `build_embedded(root)`: the offline default, generated here from text with eSpeak NG.
+- `split_of(text)`: deterministic, text-disjoint train/valid/test assignment.
+"""
+
+import hashlib
+import re
+import tarfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from phonelm.audio import conform, save_audio
+from phonelm.io import digest, write_json, write_text
+
+LJSPEECH_URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
+LJSPEECH_SHA256 = "be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5"
+EMBEDDED_VERSION = 1
+SPLITS = ("train", "valid", "test")
+
+
+class CorpusError(ValueError):
+    """Corpus input that cannot be read; the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    id: str
+    text: str
+    normalized_text: str
+    wav: Path
+
+
+@dataclass
+class Corpus:
+    root: Path
+    items: list[Utterance]
+    skipped: list[dict]  # {"id", "reason"} for items that cannot be used
+
+    def fingerprint(self) -> str:
+        """Changes when the metadata or any wav file (name, size, mtime) changes."""
+        h = hashlib.sha256((self.root / "metadata.csv").read_bytes())
+        for u in self.items:
+            st = u.wav.stat()
+            h.update(f"{u.id}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def split_of(text: str, *, valid: float = 0.05, test: float = 0.05) -> str:
+    """'train' | 'valid' | 'test' from a hash of the text's words: equal texts share a split."""
+    key = " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+    u = int(hashlib.sha256(key.encode()).hexdigest()[:12], 16) / 16**12
+    return "test" if u < test else "valid" if u < test + valid else "train"
+
+
+def read_ljspeech(root: str | Path) -> Corpus:
+    root = Path(root)
+    meta = root / "metadata.csv"
+    if not meta.is_file():
+        raise CorpusError(f"{meta} not found; expected an LJSpeech-layout corpus "
+                          "(metadata.csv with 'id|text|normalized_text' and wavs/<id>.wav)")  # fmt: skip
+    items, skipped, seen = [], [], set()
+    for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.split("|")
+        if len(fields) != 3 or not fields[0].strip() or not fields[1].strip():
+            raise CorpusError(f"{meta}:{lineno}: expected 'id|text|normalized_text', got {line!r}")
+        uid, text, norm = (f.strip() for f in fields)
+        if uid in seen:
+            raise CorpusError(f"{meta}:{lineno}: duplicate id {uid!r}")
+        seen.add(uid)
+        wav = root / "wavs" / f"{uid}.wav"
+        if not wav.is_file():
+            skipped.append({"id": uid, "reason": f"missing audio file {wav}"})
+            continue
+        items.append(Utterance(uid, text, norm or text, wav))
+    if not items:
+        raise CorpusError(f"{meta}: no usable utterances ({len(skipped)} skipped)")
+    return Corpus(root, items, skipped)
+
+
+def download_ljspeech(dest: str | Path) -> Path:
+    """Download and unpack LJSpeech-1.1 into dest (needs internet); returns the corpus root."""
+    from torch.hub import download_url_to_file
+
+    dest = Path(dest)
+    root = dest / "LJSpeech-1.1"
+    if (root / "metadata.csv").is_file():
+        return root
+    dest.mkdir(parents=True, exist_ok=True)
+    archive = dest / "LJSpeech-1.1.tar.bz2"
+    if not archive.is_file():
+        download_url_to_file(LJSPEECH_URL, str(archive), hash_prefix=LJSPEECH_SHA256)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return root
+
+
+@dataclass(frozen=True)
+class EmbeddedSettings:
+    n_sentences: int = 3000
+    seed: int = 0
+    voice: str = "en-us+f3"
+    rate: int = 165  # words per minute
+    sample_rate: int = 24_000
+
+
+def build_embedded(root: str | Path, settings: EmbeddedSettings = EmbeddedSettings()) -> Corpus:
+    """Generate (once) the embedded corpus in the LJSpeech layout; reuse it when it is there.
+
+    Each wav is written atomically and metadata.csv last, so an interrupted build resumes.
+    The synthesiser reads the normalised text, so the audio says exactly what the phonemes say.
+    """
+    from phonelm.espeak import synthesize
+    from phonelm.sentences import sentences
+    from phonelm.text import normalize
+
+    root = Path(root)
+    stamp = {"version": EMBEDDED_VERSION, **asdict(settings)}
+    if (root / "corpus.json").is_file() and (root / "metadata.csv").is_file():
+        import json
+
+        if json.loads((root / "corpus.json").read_text()).get("settings") == stamp:
+            return read_ljspeech(root)
+    lines = []
+    texts = sentences(settings.n_sentences, seed=settings.seed)
+    for i, text in enumerate(tqdm(texts, desc="embedded corpus", unit="utt")):
+        uid = f"EMB{settings.seed:02d}-{i:05d}"
+        norm = normalize(text)
+        wav_path = root / "wavs" / f"{uid}.wav"
+        if not wav_path.is_file():
+            wav, sr = synthesize(norm, voice=settings.voice, rate=settings.rate)
+            save_audio(wav_path, conform(wav, sr, settings.sample_rate), settings.sample_rate)
+        lines.append(f"{uid}|{text}|{norm}")
+    write_text(root / "metadata.csv", "\n".join(lines) + "\n")
+    write_json(root / "corpus.json", {"settings": stamp, "id": digest(stamp)})
+    return read_ljspeech(root)

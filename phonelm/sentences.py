@@ -1,0 +1,138 @@
+"""Deterministic generator of varied English sentences for the embedded corpus.
+
+The text is written by this module (no third-party text), from a small grammar: statements,
+questions, exclamations, reported speech, coordinated clauses, and written forms that the
+front-end must spell out (numbers, years, money, times, ordinals, percentages, abbreviations).
+"""
+
+import random
+
+_NAMES = ("Anna Ben Clara David Emma Frank Grace Henry Iris Jack Laura Martin Nora Oliver Paula "
+          "Quentin Rosa Samuel Tessa Victor Wendy Arthur Helen Simon Lucy").split()  # fmt: skip
+_SURNAMES = "Smith Brown Taylor Wilson Moore Clark Hall Walker Young King Wright Hill".split()
+_TITLES = ["Dr.", "Mr.", "Mrs.", "Prof.", "Capt."]
+# (singular, plural)
+_NOUNS = [tuple(p.split("/")) for p in (
+    "dog/dogs cat/cats teacher/teachers farmer/farmers child/children river/rivers "
+    "letter/letters window/windows garden/gardens bridge/bridges ship/ships horse/horses "
+    "doctor/doctors painter/painters student/students village/villages mountain/mountains "
+    "lamp/lamps clock/clocks engine/engines basket/baskets storm/storms island/islands "
+    "train/trains kettle/kettles candle/candles soldier/soldiers merchant/merchants "
+    "library/libraries city/cities box/boxes fox/foxes mouse/mice woman/women man/men "
+    "story/stories key/keys road/roads tower/towers apple/apples coat/coats machine/machines"
+).split()]  # fmt: skip
+_ADJECTIVES = ("old young quiet bright heavy small large careful clever tired happy cold warm "
+               "broken golden silver narrow distant patient curious gentle strange ancient "
+               "noisy empty busy simple").split()  # fmt: skip
+_VERBS_PAST = ("found saw carried painted moved cleaned opened closed watched followed "
+               "repaired visited counted described remembered borrowed noticed chose "
+               "lifted pushed").split()  # fmt: skip
+_VERBS_BASE = ("find see carry paint move clean open close watch follow repair visit count "
+               "describe remember borrow notice choose lift push").split()  # fmt: skip
+_INTRANSITIVE = ("slept laughed waited arrived vanished shouted smiled stumbled listened "
+                 "returned hesitated whispered").split()  # fmt: skip
+_PLACES = ("near the station|behind the church|across the valley|under the old bridge|"
+           "at the edge of the forest|inside the small shop|along the river bank|"
+           "on the top floor|beside the harbour|in the middle of the square|"
+           "at the back of the hall|by the kitchen door").split("|")  # fmt: skip
+_TIMES = ("yesterday|last night|this morning|early in the evening|after the long winter|"
+          "before sunrise|on a rainy afternoon|during the holidays|a week ago|"
+          "just after lunch").split("|")  # fmt: skip
+_ADVERBS = "slowly quietly suddenly carefully happily finally gladly barely openly".split()
+_SAYING = "said|asked whether|explained that|wrote that|told us that|believed that".split("|")
+_MONTHS = ("January February March April May June July August September October November "
+           "December").split()  # fmt: skip
+_CONNECTIVES = ["but", "and", "so", "because", "although", "while", "until"]
+
+
+def _np(r: random.Random, plural: bool | None = None) -> str:
+    singular, many = r.choice(_NOUNS)
+    plural = r.random() < 0.3 if plural is None else plural
+    adj = f"{r.choice(_ADJECTIVES)} " if r.random() < 0.6 else ""
+    if plural:
+        det = r.choice(["the", "some", "many", "two", "three", "several", "those"])
+        return f"{det} {adj}{many}"
+    det = r.choice(["the", "a", "that", "this", "every", "our"])
+    if det == "a" and (adj or singular)[0] in "aeiou":
+        det = "an"
+    return f"{det} {adj}{singular}"
+
+
+def _subject(r: random.Random) -> str:
+    roll = r.random()
+    if roll < 0.25:
+        return r.choice(_NAMES)
+    if roll < 0.35:
+        return f"{r.choice(_TITLES)} {r.choice(_SURNAMES)}"
+    return _np(r)
+
+
+def _clause(r: random.Random) -> str:
+    subj = _subject(r)
+    if r.random() < 0.25:
+        adv = f" {r.choice(_ADVERBS)}" if r.random() < 0.5 else ""
+        core = f"{subj}{adv} {r.choice(_INTRANSITIVE)}"
+    else:
+        core = f"{subj} {r.choice(_VERBS_PAST)} {_np(r)}"
+    if r.random() < 0.5:
+        core += f" {r.choice(_PLACES)}"
+    if r.random() < 0.3:
+        core += f" {r.choice(_TIMES)}"
+    return core
+
+
+def _number_sentence(r: random.Random) -> str:
+    kind = r.randrange(7)
+    name = f"{r.choice(_TITLES)} {r.choice(_SURNAMES)}"
+    if kind == 0:
+        return f"{name} paid ${r.randint(2, 950)}.{r.randint(10, 99)} for {r.randint(2, 40)} {r.choice(_NOUNS)[1]}."
+    if kind == 1:
+        return f"In {r.randint(1820, 2024)}, {_clause(r)}."
+    if kind == 2:
+        hour, minute = r.randint(1, 12), r.choice(["00", "05", "15", "30", "45", "20"])
+        return f"We will meet at {hour}:{minute} on {r.choice(_MONTHS)} {r.randint(1, 28)}."
+    if kind == 3:
+        return f"About {r.randint(2, 99)}% of the {r.choice(_NOUNS)[1]} {r.choice(_PLACES)} {r.choice(_INTRANSITIVE)}."
+    if kind == 4:
+        return f"The {r.choice(['1st', '2nd', '3rd', '4th', '10th', '21st'])} {r.choice(_NOUNS)[0]} cost {r.randint(1, 20)},{r.randint(100, 999)} dollars."
+    if kind == 5:
+        return f"{r.choice(_NAMES)} counted {r.randint(11, 4999)} {r.choice(_NOUNS)[1]} in {r.randint(2, 12)} days."
+    return f"{name} lives at {r.randint(2, 220)} {r.choice(_SURNAMES)} Street with {_np(r, plural=True)}."  # fmt: skip
+
+
+def sentence(r: random.Random) -> str:
+    roll = r.random()
+    if roll < 0.15:
+        return _number_sentence(r)
+    if roll < 0.3:
+        aux = r.choice(["Did", "Why did", "When did", "Where did", "How did"])
+        subj = _subject(r)
+        return f"{aux} {subj} {r.choice(_VERBS_BASE)} {_np(r)}?"
+    if roll < 0.38:
+        return f"What {r.choice(_ADJECTIVES)} {r.choice(_NOUNS)[1]} they were!"
+    if roll < 0.55:
+        who = r.choice(_NAMES)
+        verb = r.choice(_SAYING)
+        text = f"{who} {verb} {_clause(r)}"
+        return text + ("?" if "whether" in verb else ".")
+    if roll < 0.75:
+        first = _clause(r)
+        return f"{first[0].upper()}{first[1:]}, {r.choice(_CONNECTIVES)} {_clause(r)}."
+    first = _clause(r)
+    return f"{first[0].upper()}{first[1:]}."
+
+
+def sentences(n: int, *, seed: int = 0, min_words: int = 4, max_words: int = 28) -> list[str]:
+    """n distinct sentences, the same for the same seed."""
+    r = random.Random(seed)
+    seen: dict[str, None] = {}
+    for _ in range(50 * n):
+        if len(seen) == n:
+            break
+        s = sentence(r)
+        s = s[0].upper() + s[1:]
+        if min_words <= len(s.split()) <= max_words:
+            seen.setdefault(s)
+    if len(seen) < n:
+        raise ValueError(f"the grammar yields only {len(seen)} distinct sentences, asked for {n}")
+    return list(seen)
