@@ -61,8 +61,10 @@ def read_ljspeech(root: str | Path) -> Corpus:
     root = Path(root)
     meta = root / "metadata.csv"
     if not meta.is_file():
-        raise CorpusError(f"{meta} not found; expected an LJSpeech-layout corpus "
-                          "(metadata.csv with 'id|text|normalized_text' and wavs/<id>.wav)")  # fmt: skip
+        raise CorpusError(
+            f"{meta} not found; expected an LJSpeech-layout corpus "
+            "(metadata.csv with 'id|text|normalized_text' and wavs/<id>.wav)"
+        )
     items, skipped, seen = [], [], set()
     for lineno, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), start=1):
         if not line.strip():

@@ -7,8 +7,10 @@ front-end must spell out (numbers, years, money, times, ordinals, percentages, a
 
 import random
 
-_NAMES = ("Anna Ben Clara David Emma Frank Grace Henry Iris Jack Laura Martin Nora Oliver Paula "
-          "Quentin Rosa Samuel Tessa Victor Wendy Arthur Helen Simon Lucy").split()  # fmt: skip
+_NAMES = (
+    "Anna Ben Clara David Emma Frank Grace Henry Iris Jack Laura Martin Nora Oliver Paula "
+    "Quentin Rosa Samuel Tessa Victor Wendy Arthur Helen Simon Lucy"
+).split()
 _SURNAMES = "Smith Brown Taylor Wilson Moore Clark Hall Walker Young King Wright Hill".split()
 _TITLES = ["Dr.", "Mr.", "Mrs.", "Prof.", "Capt."]
 # (singular, plural)
@@ -21,27 +23,40 @@ _NOUNS = [tuple(p.split("/")) for p in (
     "library/libraries city/cities box/boxes fox/foxes mouse/mice woman/women man/men "
     "story/stories key/keys road/roads tower/towers apple/apples coat/coats machine/machines"
 ).split()]  # fmt: skip
-_ADJECTIVES = ("old young quiet bright heavy small large careful clever tired happy cold warm "
-               "broken golden silver narrow distant patient curious gentle strange ancient "
-               "noisy empty busy simple").split()  # fmt: skip
-_VERBS_PAST = ("found saw carried painted moved cleaned opened closed watched followed "
-               "repaired visited counted described remembered borrowed noticed chose "
-               "lifted pushed").split()  # fmt: skip
-_VERBS_BASE = ("find see carry paint move clean open close watch follow repair visit count "
-               "describe remember borrow notice choose lift push").split()  # fmt: skip
-_INTRANSITIVE = ("slept laughed waited arrived vanished shouted smiled stumbled listened "
-                 "returned hesitated whispered").split()  # fmt: skip
-_PLACES = ("near the station|behind the church|across the valley|under the old bridge|"
-           "at the edge of the forest|inside the small shop|along the river bank|"
-           "on the top floor|beside the harbour|in the middle of the square|"
-           "at the back of the hall|by the kitchen door").split("|")  # fmt: skip
-_TIMES = ("yesterday|last night|this morning|early in the evening|after the long winter|"
-          "before sunrise|on a rainy afternoon|during the holidays|a week ago|"
-          "just after lunch").split("|")  # fmt: skip
+_ADJECTIVES = (
+    "old young quiet bright heavy small large careful clever tired happy cold warm "
+    "broken golden silver narrow distant patient curious gentle strange ancient "
+    "noisy empty busy simple"
+).split()
+_VERBS_PAST = (
+    "found saw carried painted moved cleaned opened closed watched followed "
+    "repaired visited counted described remembered borrowed noticed chose "
+    "lifted pushed"
+).split()
+_VERBS_BASE = (
+    "find see carry paint move clean open close watch follow repair visit count "
+    "describe remember borrow notice choose lift push"
+).split()
+_INTRANSITIVE = (
+    "slept laughed waited arrived vanished shouted smiled stumbled listened "
+    "returned hesitated whispered"
+).split()
+_PLACES = (
+    "near the station|behind the church|across the valley|under the old bridge|"
+    "at the edge of the forest|inside the small shop|along the river bank|"
+    "on the top floor|beside the harbour|in the middle of the square|"
+    "at the back of the hall|by the kitchen door"
+).split("|")
+_TIMES = (
+    "yesterday|last night|this morning|early in the evening|after the long winter|"
+    "before sunrise|on a rainy afternoon|during the holidays|a week ago|"
+    "just after lunch"
+).split("|")
 _ADVERBS = "slowly quietly suddenly carefully happily finally gladly barely openly".split()
 _SAYING = "said|asked whether|explained that|wrote that|told us that|believed that".split("|")
-_MONTHS = ("January February March April May June July August September October November "
-           "December").split()  # fmt: skip
+_MONTHS = (
+    "January February March April May June July August September October November December"
+).split()
 _CONNECTIVES = ["but", "and", "so", "because", "although", "while", "until"]
 
 
@@ -97,7 +112,7 @@ def _number_sentence(r: random.Random) -> str:
         return f"The {r.choice(['1st', '2nd', '3rd', '4th', '10th', '21st'])} {r.choice(_NOUNS)[0]} cost {r.randint(1, 20)},{r.randint(100, 999)} dollars."
     if kind == 5:
         return f"{r.choice(_NAMES)} counted {r.randint(11, 4999)} {r.choice(_NOUNS)[1]} in {r.randint(2, 12)} days."
-    return f"{name} lives at {r.randint(2, 220)} {r.choice(_SURNAMES)} Street with {_np(r, plural=True)}."  # fmt: skip
+    return f"{name} lives at {r.randint(2, 220)} {r.choice(_SURNAMES)} Street with {_np(r, plural=True)}."
 
 
 def sentence(r: random.Random) -> str:

@@ -24,11 +24,7 @@ WORD_BOUNDARY = "_"
 PUNCTUATION = [",", ".", "?", "!"]
 # The vocabulary is fixed: ids never depend on the data or on a library version.
 VOCAB = (
-    SPECIALS
-    + [v + s for v in _VOWELS for s in "012"]
-    + _CONSONANTS
-    + [WORD_BOUNDARY]
-    + PUNCTUATION
+    SPECIALS + [v + s for v in _VOWELS for s in "012"] + _CONSONANTS + [WORD_BOUNDARY] + PUNCTUATION
 )
 TOKEN_TO_ID = {t: i for i, t in enumerate(VOCAB)}
 

@@ -25,7 +25,9 @@ def name_of(requirement: str) -> str:
 
 def main() -> None:
     """`deps`: what to install normally; `no-deps`: what to install with --no-deps."""
-    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())["project"]
+    project = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())[
+        "project"
+    ]
     if sys.argv[1:] == ["no-deps"]:
         print(" ".join(r for r in project["dependencies"] if name_of(r) in NO_DEPS))
     elif sys.argv[1:] == ["deps"]:

@@ -12,4 +12,10 @@ def codec_class(name: str) -> type[Codec]:
     return CODECS[name]
 
 
-__all__ = ["CODECS", "Codec", "CodecError", "codec_class"]
+def build_codec(cfg) -> Codec:
+    """Build the codec a CodecConfig names (fitted codecs still need `fit` or `load`)."""
+    cls = codec_class(cfg.name)
+    return cls.from_config(cfg)
+
+
+__all__ = ["CODECS", "Codec", "CodecError", "build_codec", "codec_class"]

@@ -22,6 +22,11 @@ class Codec(ABC):
     n_codebooks: int
     codebook_size: int = 1024
 
+    @classmethod
+    @abstractmethod
+    def from_config(cls, cfg) -> "Codec":
+        """Build from a phonelm.config.CodecConfig."""
+
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
@@ -46,8 +51,10 @@ class Codec(ABC):
                 f"{self.name} decodes codes [{self.n_codebooks}, F], got {tuple(codes.shape)}"
             )
         if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")  # fmt: skip
+            raise ValueError(
+                f"codes must lie in [0, {self.codebook_size}), got "
+                f"[{int(codes.min())}, {int(codes.max())}]"
+            )
         return self._decode(codes.long())[: codes.shape[1] * self.hop_length]
 
     @abstractmethod

@@ -76,11 +76,14 @@ class EncodecCodec(Codec):
             bandwidth = 6.0
         if bandwidth is not None:
             if float(bandwidth) not in BANDWIDTHS:
-                raise CodecError(f"EnCodec bandwidth must be one of {list(BANDWIDTHS)} kbps, "
-                                 f"got {bandwidth}")  # fmt: skip
+                raise CodecError(
+                    f"EnCodec bandwidth must be one of {list(BANDWIDTHS)} kbps, got {bandwidth}"
+                )
             k = BANDWIDTHS[float(bandwidth)]
             if n_codebooks is not None and n_codebooks != k:
-                raise CodecError(f"bandwidth {bandwidth} kbps means {k} codebooks, not {n_codebooks}")
+                raise CodecError(
+                    f"bandwidth {bandwidth} kbps means {k} codebooks, not {n_codebooks}"
+                )
             n_codebooks = k
         by_k = {k: bw for bw, k in BANDWIDTHS.items()}
         if n_codebooks not in by_k:
@@ -92,6 +95,12 @@ class EncodecCodec(Codec):
         self.model.set_target_bandwidth(self.bandwidth)
         self.needs_fit = self.weights == "random"
         self._fitted = not self.needs_fit
+
+    @classmethod
+    def from_config(cls, cfg) -> "EncodecCodec":
+        return cls(
+            weights=cfg.weights, bandwidth=cfg.bandwidth, n_codebooks=cfg.n_codebooks, seed=cfg.seed
+        )
 
     def _build(self):
         model_cls = import_encodec().EncodecModel
@@ -112,8 +121,10 @@ class EncodecCodec(Codec):
                 ) from err
         path = Path(self.weights)
         if not path.is_file():
-            raise CodecError(f"EnCodec checkpoint {path} does not exist; expected a state-dict file "
-                             "such as encodec_24khz-d7cc33bc.th, 'pretrained' or 'random'")  # fmt: skip
+            raise CodecError(
+                f"EnCodec checkpoint {path} does not exist; expected a state-dict file "
+                "such as encodec_24khz-d7cc33bc.th, 'pretrained' or 'random'"
+            )
         model = model_cls.encodec_model_24khz(pretrained=False)
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -136,8 +147,9 @@ class EncodecCodec(Codec):
         x = torch.cat(latents).cpu()  # [frames, D]
         gen = torch.Generator().manual_seed(self.seed)
         x = x[torch.randperm(len(x), generator=gen)[: self.calibration_frames]]
-        books = fit_residual_codebooks(x, levels=self.n_codebooks, size=self.codebook_size,
-                                       seed=self.seed)  # fmt: skip
+        books = fit_residual_codebooks(
+            x, levels=self.n_codebooks, size=self.codebook_size, seed=self.seed
+        )
         self.load_state({"codebooks": books})
 
     def state(self) -> dict[str, torch.Tensor]:
@@ -148,8 +160,9 @@ class EncodecCodec(Codec):
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         books = state["codebooks"]
         if books.shape[0] != self.n_codebooks:
-            raise CodecError(f"saved EnCodec codebooks have K={books.shape[0]}, "
-                             f"this codec K={self.n_codebooks}")  # fmt: skip
+            raise CodecError(
+                f"saved EnCodec codebooks have K={books.shape[0]}, this codec K={self.n_codebooks}"
+            )
         for layer, book in zip(self._layers(), books, strict=True):
             layer.embed.copy_(book)
             layer.embed_avg.copy_(book)

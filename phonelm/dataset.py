@@ -1,0 +1,229 @@
+"""Cached dataset: (phoneme ids, codes [K, F]) per utterance, built once, then batched.
+
+Cache layout: `<root>/cache/<key>/shard-NNNNN.safetensors` + `manifest.json`. The key hashes the
+corpus fingerprint, the codec identity (settings and fitted state), the front-end version and the
+split fractions, so any change builds a new cache and nothing stale is reused. Shards are written
+atomically and skipped when present, so an interrupted build resumes where it stopped.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from phonelm.audio import conform, load_audio
+from phonelm.codecs import Codec, build_codec
+from phonelm.config import CodecConfig, DataConfig
+from phonelm.corpus import Corpus, build_embedded, download_ljspeech, read_ljspeech, split_of
+from phonelm.io import digest, write_json, write_with
+from phonelm.text import Phonemizer, TextError
+
+DATASET_VERSION = 1
+
+
+def open_corpus(cfg: DataConfig) -> Corpus:
+    root = Path(cfg.root)
+    if cfg.corpus == "embedded":
+        return build_embedded(root / "embedded", cfg.embedded)
+    if cfg.corpus == "ljspeech":
+        return read_ljspeech(download_ljspeech(root))
+    return read_ljspeech(cfg.corpus)
+
+
+def _split(cfg: DataConfig, text: str) -> str:
+    return split_of(text, valid=cfg.valid_fraction, test=cfg.test_fraction)
+
+
+def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Codec:
+    """Build the codec; fit it on the training split once (cached by content) if it needs it."""
+    codec = build_codec(codec_cfg)
+    if not codec.needs_fit:
+        return codec
+    train = [u for u in corpus.items if _split(cfg, u.normalized_text) == "train"]
+    path = (
+        Path(cfg.root)
+        / "codecs"
+        / (
+            f"{codec.name}-{digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds)}"
+            ".safetensors"
+        )
+    )
+    if path.is_file():
+        codec.load(path)
+        return codec
+    wavs, seconds = [], 0.0
+    for u in train:
+        if seconds >= cfg.fit_seconds:
+            break
+        try:
+            wav = conform(*load_audio(u.wav), codec.sample_rate)
+        except ValueError:
+            continue  # reported by the cache build
+        wavs.append(wav)
+        seconds += wav.shape[-1] / codec.sample_rate
+    if not wavs:
+        raise ValueError(f"no readable training audio in {corpus.root} to fit codec {codec.name}")
+    codec.fit(wavs)
+    codec.save(path)
+    return codec
+
+
+@dataclass
+class Prepared:
+    cache_dir: Path
+    codec: Codec
+    manifest: dict = field(default_factory=dict)
+
+
+def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -> Prepared:
+    """Build (or reuse) the dataset cache for this corpus + codec + front-end."""
+    corpus = open_corpus(cfg)
+    codec = fitted_codec(cfg, codec_cfg, corpus)
+    phonemizer = Phonemizer()
+    key = digest(
+        DATASET_VERSION,
+        corpus.fingerprint(),
+        codec.identity(),
+        phonemizer.version,
+        cfg.valid_fraction,
+        cfg.test_fraction,
+        cfg.shard_size,
+    )
+    cache_dir = Path(cfg.root) / "cache" / key
+    manifest_path = cache_dir / "manifest.json"
+    if manifest_path.is_file():
+        return Prepared(cache_dir, codec, json.loads(manifest_path.read_text()))
+    items = sorted(corpus.items, key=lambda u: u.id)
+    shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    start = time.perf_counter()
+    bar = tqdm(total=len(items), desc="dataset cache", unit="utt", disable=not progress)
+    for index, shard in enumerate(shards):
+        path = cache_dir / f"shard-{index:05d}.safetensors"
+        if not path.is_file():
+            _write_shard(path, shard, cfg, codec, phonemizer)
+        bar.update(len(shard))
+    bar.close()
+    metas = [_shard_meta(cache_dir / f"shard-{i:05d}.safetensors") for i in range(len(shards))]
+    seconds = {s: 0.0 for s in ("train", "valid", "test")}
+    counts = dict.fromkeys(seconds, 0)
+    for meta in metas:
+        for split, sec in zip(meta["splits"], meta["seconds"], strict=True):
+            seconds[split] += sec
+            counts[split] += 1
+    manifest = {
+        "version": DATASET_VERSION,
+        "corpus": str(corpus.root),
+        "corpus_fingerprint": corpus.fingerprint(),
+        "codec": codec.settings(),
+        "codec_identity": codec.identity(),
+        "frame_rate": codec.frame_rate,
+        "frontend": phonemizer.version,
+        "tagger": phonemizer.tagger,
+        "shards": len(shards),
+        "utterances": counts,
+        "hours": {k: v / 3600 for k, v in seconds.items()},
+        "build_seconds": time.perf_counter() - start,
+        "skipped": corpus.skipped + [s for m in metas for s in m["skipped"]],
+    }
+    write_json(manifest_path, manifest)
+    return Prepared(cache_dir, codec, manifest)
+
+
+def _write_shard(path: Path, shard, cfg: DataConfig, codec: Codec, phonemizer: Phonemizer):
+    ids, splits, seconds, skipped, phonemes, codes = [], [], [], [], [], []
+    for u in shard:
+        try:
+            ph = phonemizer(u.normalized_text).ids
+            wav, sr = load_audio(u.wav)
+            c = codec.encode(wav, sr)  # [K, F]
+        except (TextError, ValueError) as err:
+            skipped.append({"id": u.id, "reason": str(err)})
+            continue
+        ids.append(u.id)
+        splits.append(_split(cfg, u.normalized_text))
+        seconds.append(wav.shape[-1] / sr)
+        phonemes.append(torch.tensor(ph, dtype=torch.int16))
+        codes.append(c.to(torch.int16))
+    k = codec.n_codebooks
+    tensors = {
+        "phonemes": torch.cat(phonemes) if phonemes else torch.zeros(0, dtype=torch.int16),
+        "phoneme_offsets": _offsets([len(p) for p in phonemes]),
+        "codes": torch.cat(codes, dim=1) if codes else torch.zeros(k, 0, dtype=torch.int16),
+        "code_offsets": _offsets([c.shape[1] for c in codes]),
+    }
+    meta = {"ids": ids, "splits": splits, "seconds": seconds, "skipped": skipped}
+    write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)}))
+
+
+def _offsets(lengths: list[int]) -> torch.Tensor:
+    return torch.tensor([0] + lengths, dtype=torch.int64).cumsum(0)
+
+
+def _shard_meta(path: Path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return json.loads(f.metadata()["meta"])
+
+
+@dataclass
+class Item:
+    id: str
+    phonemes: torch.Tensor  # [P] int64
+    codes: torch.Tensor  # [K, F] int64
+
+
+class CodeDataset(Dataset):
+    """One split of a prepared cache, filtered by length; `report` counts what was dropped."""
+
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str,
+        *,
+        max_frames: int | None = None,
+        max_phonemes: int | None = None,
+    ):
+        cache_dir = Path(cache_dir)
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+        self.frame_rate = manifest["frame_rate"]
+        self.ids: list[str] = []
+        self._phonemes: list[torch.Tensor] = []
+        self._codes: list[torch.Tensor] = []
+        self.report = {"split": split, "kept": 0, "too_many_frames": 0, "too_many_phonemes": 0}
+        for index in range(manifest["shards"]):
+            path = cache_dir / f"shard-{index:05d}.safetensors"
+            t, meta = load_file(str(path)), _shard_meta(path)
+            po, co = t["phoneme_offsets"], t["code_offsets"]
+            for j, (uid, s) in enumerate(zip(meta["ids"], meta["splits"], strict=True)):
+                if s != split:
+                    continue
+                n_frames, n_ph = int(co[j + 1] - co[j]), int(po[j + 1] - po[j])
+                if max_frames is not None and n_frames > max_frames:
+                    self.report["too_many_frames"] += 1
+                elif max_phonemes is not None and n_ph > max_phonemes:
+                    self.report["too_many_phonemes"] += 1
+                else:
+                    self.ids.append(uid)
+                    self._phonemes.append(t["phonemes"][po[j] : po[j + 1]])
+                    self._codes.append(t["codes"][:, co[j] : co[j + 1]])
+        self.report["kept"] = len(self.ids)
+        if not self.ids:
+            raise ValueError(
+                f"split {split!r} of {cache_dir} is empty after filtering: {self.report}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> Item:
+        return Item(self.ids[i], self._phonemes[i].long(), self._codes[i].long())
+
+    @property
+    def frame_lengths(self) -> list[int]:
+        return [c.shape[1] for c in self._codes]

@@ -1,0 +1,45 @@
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from phonelm.audio import conform, save_audio
+from phonelm.espeak import synthesize
+
+warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
+torch.set_num_threads(2)
+
+SENTENCES = [
+    "The old clock stopped at noon.",
+    "Anna found three keys near the station.",
+    "Why did the farmer paint the bridge?",
+    "Dr. Smith paid $5.20 for two apples.",
+    "A quiet river ran behind the church.",
+    "In 1999, the ship returned.",
+]
+
+
+def write_ljspeech(root: Path, sentences: list[str], *, sr: int = 22_050) -> Path:
+    """A tiny LJSpeech-layout corpus spoken by espeak-ng (at LJSpeech's own 22.05 kHz)."""
+    (root / "wavs").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i, text in enumerate(sentences):
+        uid = f"T-{i:03d}"
+        wav, wav_sr = synthesize(text)
+        save_audio(root / "wavs" / f"{uid}.wav", conform(wav, wav_sr, sr), sr)
+        lines.append(f"{uid}|{text}|{text}")
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture
+def ljspeech_fixture(tmp_path) -> Path:
+    return write_ljspeech(tmp_path / "LJ", SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def speech() -> torch.Tensor:
+    """About 2 s of real (synthetic) speech at 24 kHz."""
+    wav, sr = synthesize("Anna found three keys near the old station.")
+    return conform(wav, sr, 24_000)

@@ -1,0 +1,144 @@
+import sys
+
+import pytest
+import torch
+
+from phonelm.codecs import CodecError, build_codec, codec_class
+from phonelm.codecs.encodec import EncodecCodec, import_encodec
+from phonelm.codecs.kmeans import fit_residual_codebooks, kmeans, residual_decode, residual_encode
+from phonelm.config import CodecConfig
+
+
+@pytest.fixture(scope="module")
+def calibration():
+    """Other sentences (never the one encoded below), with gain variants: ~2500 frames.
+
+    Synthesised once: espeak-ng's audio differs slightly from call to call."""
+    from conftest import SENTENCES
+
+    from phonelm.audio import conform
+    from phonelm.espeak import synthesize
+
+    wavs = [conform(*synthesize(text), 24_000) for text in SENTENCES]
+    return wavs + [w * 0.5 for w in wavs]
+
+
+@pytest.fixture(scope="module")
+def codec(calibration):
+    c = EncodecCodec(weights="random", bandwidth=3.0)
+    c.fit(calibration)
+    return c
+
+
+def test_bandwidth_picks_codebooks():
+    assert EncodecCodec(weights="random", bandwidth=1.5).n_codebooks == 2
+    assert EncodecCodec(weights="random", n_codebooks=16).bandwidth == 12.0
+    with pytest.raises(CodecError, match="bandwidth must be one of"):
+        EncodecCodec(weights="random", bandwidth=5.0)
+    with pytest.raises(CodecError, match="means 4 codebooks"):
+        EncodecCodec(weights="random", bandwidth=3.0, n_codebooks=8)
+
+
+def test_unknown_codec_lists_valid_names():
+    with pytest.raises(CodecError, match="valid codecs: .*encodec"):
+        codec_class("nope")
+
+
+def test_random_codec_must_be_fitted(speech):
+    with pytest.raises(CodecError, match="fitted"):
+        EncodecCodec(weights="random", bandwidth=1.5).encode(speech, 24_000)
+
+
+def test_round_trip_shapes_and_non_degenerate_codes(codec, speech):
+    codes = codec.encode(speech, 24_000)
+    frames = -(-speech.shape[0] // 320)
+    assert codes.shape == (4, frames) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 1024
+    # k-means-initialised codebooks: codes spread over many entries, not all index 0
+    assert [len(codes[k].unique()) > 20 for k in range(4)] == [True] * 4
+    wav = codec.decode(codes)
+    assert wav.shape == (frames * 320,) and torch.isfinite(wav).all()
+    assert 0 <= wav.shape[0] - speech.shape[0] < 320
+
+
+def test_encode_is_deterministic_and_refit_is_identical(codec, speech, calibration):
+    assert torch.equal(codec.encode(speech, 24_000), codec.encode(speech, 24_000))
+    again = EncodecCodec(weights="random", bandwidth=3.0)
+    again.fit(calibration)
+    assert again.identity() == codec.identity()
+    assert torch.equal(again.encode(speech, 24_000), codec.encode(speech, 24_000))
+
+
+@pytest.mark.parametrize(
+    ("wav", "sr", "frames"),
+    [
+        (torch.zeros(24_000), 24_000, 75),  # silence
+        (torch.ones(2, 44_100) * 3.0, 44_100, 75),  # clipped stereo at 44.1 kHz
+        (torch.randn(10) * 0.1, 16_000, 1),  # shorter than one frame
+        (torch.randn(1, 8_000) * 0.1, 8_000, 75),  # mono with a channel axis
+    ],
+)
+def test_any_rate_channels_and_length(codec, wav, sr, frames):
+    codes = codec.encode(wav, sr)
+    assert codes.shape == (4, frames)
+    assert codec.decode(codes).shape == (frames * 320,)
+
+
+def test_bad_codes_are_rejected(codec):
+    with pytest.raises(ValueError, match=r"codes \[4, F\]"):
+        codec.decode(torch.zeros(8, 10, dtype=torch.long))
+    with pytest.raises(ValueError, match="must lie in"):
+        codec.decode(torch.full((4, 10), 1024))
+
+
+def test_saved_state_restores_bit_exactly(codec, speech, tmp_path):
+    codec.save(tmp_path / "c.safetensors")
+    other = EncodecCodec(weights="random", bandwidth=3.0)
+    other.load(tmp_path / "c.safetensors")
+    assert other.identity() == codec.identity()
+    assert torch.equal(other.encode(speech, 24_000), codec.encode(speech, 24_000))
+
+
+def test_local_checkpoint_path(codec, speech, tmp_path):
+    path = tmp_path / "encodec_24khz.th"
+    torch.save(codec.model.state_dict(), path)
+    loaded = build_codec(CodecConfig(name="encodec", weights=str(path), bandwidth=3.0))
+    assert not loaded.needs_fit
+    assert torch.equal(loaded.encode(speech, 24_000), codec.encode(speech, 24_000))
+    with pytest.raises(CodecError, match="does not exist"):
+        EncodecCodec(weights=str(tmp_path / "missing.th"))
+
+
+def test_pretrained_unavailable_says_how_to_get_it(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CodecError, match="codec.weights=/path/to/encodec_24khz"):
+        EncodecCodec(weights="pretrained")
+
+
+def test_encodec_imports_without_a_working_torchaudio():
+    encodec = import_encodec()
+    assert hasattr(encodec, "EncodecModel")
+    torchaudio = sys.modules["torchaudio"]
+    out = torchaudio.transforms.Resample(16_000, 24_000)(torch.randn(16_000))
+    assert out.shape == (24_000,)
+
+
+def test_kmeans_finds_separated_clusters():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.1 * torch.randn(200, 2, generator=gen) for c in centres])
+    found = kmeans(x, 3, seed=1)
+    assert torch.cdist(centres, found).min(dim=1).values.max() < 0.2
+    assert torch.equal(found, kmeans(x, 3, seed=1))  # deterministic
+
+
+def test_residual_vq_reduces_error_level_by_level():
+    x = torch.randn(2000, 8, generator=torch.Generator().manual_seed(0))
+    books = fit_residual_codebooks(x, levels=3, size=16, seed=0)
+    codes = residual_encode(x, books)
+    assert codes.shape == (3, 2000)
+    errors = [(x - residual_decode(codes[:k], books)).pow(2).mean() for k in (1, 2, 3)]
+    assert errors[0] > errors[1] > errors[2]
