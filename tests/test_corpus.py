@@ -1,0 +1,91 @@
+import pytest
+
+from phonelm.corpus import (
+    Corpus,
+    CorpusError,
+    EmbeddedSettings,
+    build_embedded,
+    read_ljspeech,
+    split_of,
+)
+from phonelm.sentences import sentences
+
+
+def test_reader_on_ljspeech_layout(ljspeech_fixture):
+    corpus = read_ljspeech(ljspeech_fixture)
+    assert len(corpus.items) == 6 and corpus.skipped == []
+    first = corpus.items[0]
+    assert first.id == "T-000" and first.text == "The old clock stopped at noon."
+    assert first.wav.is_file()
+
+
+def test_malformed_line_names_file_and_line(ljspeech_fixture):
+    meta = ljspeech_fixture / "metadata.csv"
+    lines = meta.read_text().splitlines()
+    lines.insert(2, "T-999 has no separators")
+    meta.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorpusError, match=r"metadata.csv:3: expected 'id\|text\|normalized_text'"):
+        read_ljspeech(ljspeech_fixture)
+
+
+def test_duplicate_id_is_an_error(ljspeech_fixture):
+    meta = ljspeech_fixture / "metadata.csv"
+    meta.write_text(meta.read_text() + "T-000|again|again\n")
+    with pytest.raises(CorpusError, match=r":7: duplicate id 'T-000'"):
+        read_ljspeech(ljspeech_fixture)
+
+
+def test_missing_wav_is_skipped_and_reported(ljspeech_fixture):
+    (ljspeech_fixture / "wavs" / "T-002.wav").unlink()
+    corpus = read_ljspeech(ljspeech_fixture)
+    assert [u.id for u in corpus.items] == ["T-000", "T-001", "T-003", "T-004", "T-005"]
+    assert corpus.skipped[0]["id"] == "T-002" and "missing audio" in corpus.skipped[0]["reason"]
+
+
+def test_missing_metadata_says_what_is_expected(tmp_path):
+    with pytest.raises(CorpusError, match="LJSpeech-layout"):
+        read_ljspeech(tmp_path)
+
+
+def test_fingerprint_changes_with_the_data(ljspeech_fixture):
+    before = read_ljspeech(ljspeech_fixture).fingerprint()
+    assert read_ljspeech(ljspeech_fixture).fingerprint() == before
+    meta = ljspeech_fixture / "metadata.csv"
+    meta.write_text(meta.read_text().replace("noon", "night"))
+    assert read_ljspeech(ljspeech_fixture).fingerprint() != before
+
+
+def test_splits_are_deterministic_text_disjoint_and_sized():
+    texts = sentences(2000, seed=3)
+    splits = [split_of(t) for t in texts]
+    assert splits == [split_of(t) for t in texts]
+    # The same words (casing, punctuation aside) always land in the same split.
+    assert split_of("Hello, World!") == split_of("hello world")
+    by_split = {
+        s: {t.lower() for t, x in zip(texts, splits, strict=True) if x == s} for s in splits
+    }
+    assert not (by_split["train"] & by_split["test"]) and not (by_split["valid"] & by_split["test"])
+    assert 60 <= splits.count("test") <= 140 and 60 <= splits.count("valid") <= 140
+
+
+def test_sentence_generator_is_deterministic_and_distinct():
+    a, b = sentences(500, seed=1), sentences(500, seed=1)
+    assert a == b and len(set(a)) == 500
+    assert sentences(50, seed=2) != a[:50]
+    assert any(c.isdigit() for s in a for c in s)  # the front-end's spelling-out gets exercised
+
+
+def test_embedded_corpus_is_built_once(tmp_path):
+    settings = EmbeddedSettings(n_sentences=8)
+    corpus = build_embedded(tmp_path / "emb", settings)
+    assert isinstance(corpus, Corpus) and len(corpus.items) == 8
+    wav = corpus.items[0].wav
+    mtime = wav.stat().st_mtime_ns
+    again = build_embedded(tmp_path / "emb", settings)
+    assert again.fingerprint() == corpus.fingerprint() and wav.stat().st_mtime_ns == mtime
+    import soundfile as sf
+
+    info = sf.info(str(wav))
+    assert info.samplerate == 24_000 and info.channels == 1 and 0.5 < info.duration < 15
+    # the metadata's third column is what was spoken: the front-end's normalised text
+    assert all(u.normalized_text == u.normalized_text.lower() for u in corpus.items)
