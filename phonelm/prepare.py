@@ -1,7 +1,7 @@
 """Build a corpus and its dataset cache, then report size, speed and batch padding.
 
-    python -m phonelm.prepare                     # embedded corpus, offline codec
-    python -m phonelm.prepare --corpus /path/to/LJSpeech-1.1 --codec encodec --weights pretrained
+python -m phonelm.prepare                     # embedded corpus, offline codec
+python -m phonelm.prepare --corpus /path/to/LJSpeech-1.1 --codec encodec --weights pretrained
 """
 
 import argparse

@@ -89,3 +89,19 @@ def test_embedded_corpus_is_built_once(tmp_path):
     assert info.samplerate == 24_000 and info.channels == 1 and 0.5 < info.duration < 15
     # the metadata's third column is what was spoken: the front-end's normalised text
     assert all(u.normalized_text == u.normalized_text.lower() for u in corpus.items)
+
+
+def test_ljspeech_download_reuses_an_unpacked_copy(tmp_path, monkeypatch):
+    import torch.hub
+
+    from phonelm.corpus import download_ljspeech
+
+    root = tmp_path / "LJSpeech-1.1"
+    root.mkdir()
+    (root / "metadata.csv").write_text("")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("must not download when the corpus is already there")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    assert download_ljspeech(tmp_path) == root
