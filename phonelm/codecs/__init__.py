@@ -2,8 +2,9 @@
 
 from phonelm.codecs.base import Codec, CodecError
 from phonelm.codecs.encodec import EncodecCodec
+from phonelm.codecs.mel_rvq import MelRvqCodec
 
-CODECS: dict[str, type[Codec]] = {"encodec": EncodecCodec}
+CODECS: dict[str, type[Codec]] = {"encodec": EncodecCodec, "mel-rvq": MelRvqCodec}
 
 
 def codec_class(name: str) -> type[Codec]:

@@ -1,0 +1,1 @@
+"""Evaluation: ASR, metrics, codec checks and (to come) the scoring harness."""

