@@ -107,28 +107,26 @@ def download_ljspeech(dest: str | Path) -> Path:
 class EmbeddedSettings:
     n_sentences: int = 3000
     seed: int = 0
-    voice: str = "en-us+f3"
-    rate: int = 165  # words per minute
+    voice: str = "en-us"  # most intelligible of the voices tried (README)
+    rate: int = 150  # words per minute
     sample_rate: int = 24_000
 
 
-def build_embedded(root: str | Path, settings: EmbeddedSettings = EmbeddedSettings()) -> Corpus:
-    """Generate (once) the embedded corpus in the LJSpeech layout; reuse it when it is there.
+def build_embedded(parent: str | Path, settings: EmbeddedSettings = EmbeddedSettings()) -> Corpus:
+    """Generate (once) the embedded corpus in the LJSpeech layout under parent/<settings id>/.
 
-    Each wav is written atomically and metadata.csv last, so an interrupted build resumes.
+    The folder is named by a hash of the settings, so other settings never reuse its audio.
+    Each wav is written atomically and metadata.csv last: an interrupted build resumes.
     The synthesiser reads the normalised text, so the audio says exactly what the phonemes say.
     """
     from phonelm.espeak import synthesize
     from phonelm.sentences import sentences
     from phonelm.text import normalize
 
-    root = Path(root)
     stamp = {"version": EMBEDDED_VERSION, **asdict(settings)}
+    root = Path(parent) / f"embedded-{digest(stamp)}"
     if (root / "corpus.json").is_file() and (root / "metadata.csv").is_file():
-        import json
-
-        if json.loads((root / "corpus.json").read_text()).get("settings") == stamp:
-            return read_ljspeech(root)
+        return read_ljspeech(root)
     lines = []
     texts = sentences(settings.n_sentences, seed=settings.seed)
     for i, text in enumerate(tqdm(texts, desc="embedded corpus", unit="utt")):
@@ -140,5 +138,5 @@ def build_embedded(root: str | Path, settings: EmbeddedSettings = EmbeddedSettin
             save_audio(wav_path, conform(wav, sr, settings.sample_rate), settings.sample_rate)
         lines.append(f"{uid}|{text}|{norm}")
     write_text(root / "metadata.csv", "\n".join(lines) + "\n")
-    write_json(root / "corpus.json", {"settings": stamp, "id": digest(stamp)})
+    write_json(root / "corpus.json", {"settings": stamp})
     return read_ljspeech(root)

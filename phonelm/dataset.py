@@ -29,13 +29,14 @@ DATASET_VERSION = 1
 def open_corpus(cfg: DataConfig) -> Corpus:
     root = Path(cfg.root)
     if cfg.corpus == "embedded":
-        return build_embedded(root / "embedded", cfg.embedded)
+        return build_embedded(root, cfg.embedded)
     if cfg.corpus == "ljspeech":
         return read_ljspeech(download_ljspeech(root))
     return read_ljspeech(cfg.corpus)
 
 
-def _split(cfg: DataConfig, text: str) -> str:
+def split_for(cfg: DataConfig, text: str) -> str:
+    """The split of an utterance under this config's fractions."""
     return split_of(text, valid=cfg.valid_fraction, test=cfg.test_fraction)
 
 
@@ -44,7 +45,7 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Cod
     codec = build_codec(codec_cfg)
     if not codec.needs_fit:
         return codec
-    train = [u for u in corpus.items if _split(cfg, u.normalized_text) == "train"]
+    train = [u for u in corpus.items if split_for(cfg, u.normalized_text) == "train"]
     path = (
         Path(cfg.root)
         / "codecs"
@@ -145,7 +146,7 @@ def _write_shard(path: Path, shard, cfg: DataConfig, codec: Codec, phonemizer: P
             skipped.append({"id": u.id, "reason": str(err)})
             continue
         ids.append(u.id)
-        splits.append(_split(cfg, u.normalized_text))
+        splits.append(split_for(cfg, u.normalized_text))
         seconds.append(wav.shape[-1] / sr)
         phonemes.append(torch.tensor(ph, dtype=torch.int16))
         codes.append(c.to(torch.int16))

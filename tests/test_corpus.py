@@ -77,12 +77,14 @@ def test_sentence_generator_is_deterministic_and_distinct():
 
 def test_embedded_corpus_is_built_once(tmp_path):
     settings = EmbeddedSettings(n_sentences=8)
-    corpus = build_embedded(tmp_path / "emb", settings)
+    corpus = build_embedded(tmp_path, settings)
     assert isinstance(corpus, Corpus) and len(corpus.items) == 8
     wav = corpus.items[0].wav
     mtime = wav.stat().st_mtime_ns
-    again = build_embedded(tmp_path / "emb", settings)
+    again = build_embedded(tmp_path, settings)
     assert again.fingerprint() == corpus.fingerprint() and wav.stat().st_mtime_ns == mtime
+    other = build_embedded(tmp_path, EmbeddedSettings(n_sentences=8, rate=120))
+    assert other.root != corpus.root  # other settings never reuse this audio
     import soundfile as sf
 
     info = sf.info(str(wav))

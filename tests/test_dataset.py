@@ -10,7 +10,8 @@ from phonelm.config import CodecConfig, DataConfig
 from phonelm.dataset import CodeDataset, Item, prepare
 from phonelm.text import PAD
 
-CODEC = CodecConfig(name="encodec", weights="random", bandwidth=1.5)
+CODEC = CodecConfig(name="mel-rvq", n_codebooks=2)
+ENCODEC = CodecConfig(name="encodec", weights="random", bandwidth=1.5)
 
 
 def config(corpus_dir, tmp_path, **kw) -> DataConfig:
@@ -21,11 +22,13 @@ def shard_mtimes(cache_dir):
     return {p.name: p.stat().st_mtime_ns for p in cache_dir.glob("shard-*.safetensors")}
 
 
-def test_cache_holds_phonemes_and_codes(ljspeech_fixture, tmp_path):
-    prepared = prepare(config(ljspeech_fixture, tmp_path), CODEC, progress=False)
+@pytest.mark.parametrize("codec", [CODEC, ENCODEC], ids=["mel-rvq", "encodec-random"])
+def test_cache_holds_phonemes_and_codes(ljspeech_fixture, tmp_path, codec):
+    prepared = prepare(config(ljspeech_fixture, tmp_path), codec, progress=False)
     m = prepared.manifest
     assert sum(m["utterances"].values()) == 6 and m["skipped"] == []
     assert m["frame_rate"] == 75.0 and m["codec"]["n_codebooks"] == 2
+    assert m["codec"]["name"] == codec.name
     ds = CodeDataset(prepared.cache_dir, "train")
     item = ds[0]
     assert item.codes.shape[0] == 2 and item.codes.dtype == torch.int64
@@ -48,9 +51,9 @@ def test_same_settings_reuse_the_cache(ljspeech_fixture, tmp_path):
 def test_changed_settings_build_a_new_cache(ljspeech_fixture, tmp_path, monkeypatch):
     cfg = config(ljspeech_fixture, tmp_path)
     base = prepare(cfg, CODEC, progress=False).cache_dir
-    other_codec = CodecConfig(name="encodec", weights="random", bandwidth=3.0)
+    other_codec = CodecConfig(name="mel-rvq", n_codebooks=3)
     assert prepare(cfg, other_codec, progress=False).cache_dir != base
-    other_seed = CodecConfig(name="encodec", weights="random", bandwidth=1.5, seed=1)
+    other_seed = CodecConfig(name="mel-rvq", n_codebooks=2, seed=1)
     assert prepare(cfg, other_seed, progress=False).cache_dir != base
     monkeypatch.setattr(dataset_module, "DATASET_VERSION", 999)
     assert prepare(cfg, CODEC, progress=False).cache_dir != base
