@@ -19,4 +19,12 @@ def build_codec(cfg) -> Codec:
     return cls.from_config(cfg)
 
 
-__all__ = ["CODECS", "Codec", "CodecError", "build_codec", "codec_class"]
+__all__ = [
+    "CODECS",
+    "Codec",
+    "CodecError",
+    "EncodecCodec",
+    "MelRvqCodec",
+    "build_codec",
+    "codec_class",
+]

@@ -1,0 +1,1 @@
+"""Backends: one interface (models.base.Backend), one registry (models.registry)."""

@@ -1,0 +1,103 @@
+"""Pieces every backend shares: one attention stack (x-transformers), phoneme prefixes, the
+per-frame targets with a stop class, and per-codebook NLL."""
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from x_transformers import Decoder, Encoder
+
+from models.base import ForwardOutput, ModelConfig
+
+
+def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, causal: bool = True):
+    """The one block type of the benchmark: pre-norm attention + GLU feed-forward, rotary."""
+    dim = dim or cfg.dim
+    stack = Decoder if causal else Encoder
+    return stack(
+        dim=dim,
+        depth=depth,
+        heads=max(1, dim // cfg.dim_head),
+        attn_dim_head=cfg.dim_head,
+        ff_mult=cfg.ff_mult,
+        ff_glu=True,
+        rotary_pos_emb=True,
+        attn_dropout=cfg.dropout,
+        ff_dropout=cfg.dropout,
+    )
+
+
+def left_align(phonemes: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids [B, P] -> left-padded ids [B, P] and mask [B, P] (True on real ids).
+
+    Left padding makes every prefix end at the same position, so audio positions line up across
+    the batch; rotary positions are relative, so the padding does not change any output.
+    """
+    p = phonemes.shape[1]
+    shift = p - lengths  # [B]
+    index = (torch.arange(p, device=phonemes.device)[None] - shift[:, None]) % p
+    aligned = phonemes.gather(1, index)
+    mask = torch.arange(p, device=phonemes.device)[None] >= shift[:, None]
+    return aligned.masked_fill(~mask, 0), mask
+
+
+def pad_phonemes(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """List of [P_i] ids -> left-padded ids [B, P] and mask [B, P]."""
+    lengths = torch.tensor([len(s) for s in seqs], device=seqs[0].device)
+    right = nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    return left_align(right, lengths)
+
+
+def frame_targets(codes: torch.Tensor, lengths: torch.Tensor, stop: int) -> torch.Tensor:
+    """codes [B, K, F] (-1 padded) -> targets [B, F + 1, K]: codes, then `stop` at (F_b, k=0)."""
+    b, k, f = codes.shape
+    targets = torch.full((b, f + 1, k), -1, dtype=torch.long, device=codes.device)
+    targets[:, :f] = rearrange(codes, "b k f -> b f k")
+    targets[torch.arange(b, device=codes.device), lengths, 0] = stop
+    return targets
+
+
+def mask_stop(logits: torch.Tensor, stop: int) -> torch.Tensor:
+    """Only codebook 0 may stop: logits [..., K, V + 1] with -inf stop logits for k > 0."""
+    blocked = torch.zeros_like(logits, dtype=torch.bool)
+    blocked[..., 1:, stop] = True
+    return logits.masked_fill(blocked, float("-inf"))
+
+
+def frame_loss(logits: torch.Tensor, targets: torch.Tensor, stop: int) -> ForwardOutput:
+    """logits [B, N, K, V + 1], targets [B, N, K] (-1 ignored) -> per-codebook NLL sums."""
+    nll = F.cross_entropy(
+        rearrange(logits, "b n k v -> (b n k) v").float(),
+        targets.flatten().clamp_min(0),
+        reduction="none",
+    ).view_as(targets)
+    is_code = (targets >= 0) & (targets != stop)
+    is_stop = targets == stop
+    code_nll = (nll * is_code).sum(dim=(0, 1))
+    count = is_code.sum(dim=(0, 1))
+    stop_nll, stop_count = (nll * is_stop).sum(), is_stop.sum()
+    loss = (code_nll.sum() + stop_nll) / (count.sum() + stop_count).clamp_min(1)
+    return ForwardOutput(loss, code_nll.detach(), count, stop_nll.detach(), stop_count)
+
+
+class CodebookHeads(nn.Module):
+    """K output heads, one per codebook, each over V codes + 1 stop class (used only by k = 0)."""
+
+    def __init__(self, dim: int, n_codebooks: int, codebook_size: int):
+        super().__init__()
+        self.stop = codebook_size
+        self.weight = nn.Parameter(torch.randn(n_codebooks, dim, codebook_size + 1) * dim**-0.5)
+        self.bias = nn.Parameter(torch.zeros(n_codebooks, codebook_size + 1))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [..., K, D] -> logits [..., K, V + 1]."""
+        logits = torch.einsum("...kd,kdv->...kv", hidden, self.weight) + self.bias
+        return mask_stop(logits, self.stop)
+
+    def one(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
+        """hidden [B, D] for codebook k -> logits [B, V + 1]."""
+        logits = hidden @ self.weight[k] + self.bias[k]
+        if k > 0:
+            logits = logits.clone()
+            logits[:, self.stop] = float("-inf")
+        return logits

@@ -1,0 +1,98 @@
+"""A causal LM over [phonemes; BOS; codes of S codebooks flattened frame-major].
+
+`flat` is this over all K codebooks (f0k0, f0k1, ..., f1k0, ...); VALL-E's AR is this over
+codebook 1 alone. Code embeddings and output heads are codebook-specific; codebook 0's head has
+the extra stop class, predicted where the next frame would start.
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from models.base import Generated, ModelConfig
+from models.blocks import CodebookHeads, attention_stack, frame_targets, pad_phonemes
+
+Choose = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
+
+
+class CodeStream(nn.Module):
+    def __init__(self, cfg: ModelConfig, *, n_streams: int, depth: int):
+        super().__init__()
+        self.k, self.v = n_streams, cfg.codebook_size
+        self.phoneme_emb = nn.Embedding(cfg.n_phonemes, cfg.dim)
+        self.code_emb = nn.Embedding(n_streams * cfg.codebook_size, cfg.dim)
+        self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
+        self.stack = attention_stack(cfg, depth=depth)
+        self.heads = CodebookHeads(cfg.dim, n_streams, cfg.codebook_size)
+
+    def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, S, F] -> [B, F * S, D], codebook-specific, frame-major."""
+        offset = torch.arange(self.k, device=codes.device)[None, :, None] * self.v
+        return rearrange(self.code_emb(codes.clamp_min(0) + offset), "b s f d -> b (f s) d")
+
+    def logits(
+        self,
+        phonemes: torch.Tensor,
+        ph_mask: torch.Tensor,
+        codes: torch.Tensor,
+        lengths: torch.Tensor,
+    ) -> torch.Tensor:
+        """Left-padded phonemes [B, P] + codes [B, S, F] -> logits [B, F + 1, S, V + 1]."""
+        b, p = phonemes.shape
+        f = codes.shape[-1]
+        code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]  # [B, F]
+        x = torch.cat(
+            [self.phoneme_emb(phonemes), self.bos.expand(b, 1, -1), self._embed_codes(codes)], dim=1
+        )
+        mask = torch.cat(
+            [ph_mask, ph_mask.new_ones(b, 1), code_mask.repeat_interleave(self.k, dim=1)], dim=1
+        )
+        h = self.stack(x, mask=mask)[:, p:]  # [B, 1 + F*S, D]: position j predicts token j
+        h = F.pad(h, (0, 0, 0, self.k - 1))  # [B, (F + 1) * S, D]
+        return self.heads(rearrange(h, "b (f s) d -> b f s d", s=self.k))
+
+    def targets(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return frame_targets(codes, lengths, self.v)
+
+    @torch.no_grad()
+    def decode(self, phonemes: list[torch.Tensor], *, max_frames: int, choose: Choose):
+        """KV-cached decoding -> (codes [B, S, F_max], lengths [B], stopped [B])."""
+        ids, ph_mask = pad_phonemes(phonemes)
+        b = ids.shape[0]
+        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
+        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+        h, cache = self.stack(x, mask=mask, return_hiddens=True)
+        last = h[:, -1]
+        out = torch.zeros(b, self.k, max_frames, dtype=torch.long, device=ids.device)
+        lengths = torch.full((b,), max_frames, device=ids.device)
+        stopped = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        for frame in range(max_frames):
+            for k in range(self.k):
+                token = choose(self.heads.one(last, k), k, out[:, k, :frame])
+                if k == 0:
+                    now = (token == self.v) & ~stopped
+                    lengths[now], stopped = frame, stopped | now
+                    if stopped.all():
+                        return out[..., : int(lengths.max())], lengths, stopped
+                token = token.clamp_max(self.v - 1)
+                out[:, k, frame] = token
+                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+                h, cache = self.stack(
+                    self.code_emb(token + k * self.v)[:, None],
+                    mask=mask,
+                    cache=cache,
+                    return_hiddens=True,
+                )
+                last = h[:, -1]
+        return out, lengths, stopped
+
+
+def to_generated(codes: torch.Tensor, lengths: torch.Tensor, stopped: torch.Tensor):
+    """Batched decode output -> one Generated per item (codes [K, F_b])."""
+    return [
+        Generated(codes[i, :, : int(lengths[i])].cpu(), bool(stopped[i]))
+        for i in range(codes.shape[0])
+    ]

@@ -1,0 +1,113 @@
+"""`megabyte`: a global causal transformer over frames and a local causal transformer over the
+K codes inside each frame; every codebook autoregressive.
+
+Patches line up exactly with frames: a frame's patch embedding is the concatenation of its K
+codebook-specific code embeddings, projected to the global width. Phonemes enter as a prefix to
+the global model (no cross-attention), the same conditioning as `flat` and VALL-E's AR, so the
+comparison isolates how the code grid is ordered. The global output at frame f (computed from
+frames < f) is projected to the local width and added to every local input of frame f; the local
+model then predicts codes k = 0..K-1 of frame f from that and codes < k, with the stop class on
+k = 0.
+"""
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from models.base import Backend, ForwardOutput, ModelConfig
+from models.blocks import (
+    CodebookHeads,
+    attention_stack,
+    frame_loss,
+    frame_targets,
+    left_align,
+    pad_phonemes,
+)
+from models.code_stream import to_generated
+from phonelm.batching import Batch
+from phonelm.sampling import Chooser, Sampling
+
+
+class MegaByte(Backend):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        k, v, d, e = cfg.n_codebooks, cfg.codebook_size, cfg.dim, cfg.local_dim
+        self.phoneme_emb = nn.Embedding(cfg.n_phonemes, d)
+        self.bos = nn.Parameter(torch.randn(d) * 0.02)
+        self.patch_code_emb = nn.Embedding(k * v, e)
+        self.patch_proj = nn.Linear(k * e, d)
+        self.global_stack = attention_stack(cfg, depth=cfg.depth)
+        self.to_local = nn.Linear(d, e)
+        self.local_code_emb = nn.Embedding(k * v, e)
+        self.local_start = nn.Parameter(torch.randn(e) * 0.02)
+        self.local_stack = attention_stack(cfg, depth=cfg.local_depth, dim=e)
+        self.heads = CodebookHeads(e, k, v)
+
+    def _offset(self, device) -> torch.Tensor:
+        return torch.arange(self.cfg.n_codebooks, device=device) * self.cfg.codebook_size
+
+    def _patches(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, K, F] -> patch embeddings [B, F, D]."""
+        emb = self.patch_code_emb(codes.clamp_min(0) + self._offset(codes.device)[:, None])
+        return self.patch_proj(rearrange(emb, "b k f e -> b f (k e)"))
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """[B, F + 1, K, V + 1], teacher-forced."""
+        ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
+        codes, lengths = batch.codes, batch.code_lengths
+        b, k, f = codes.shape
+        code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
+        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1), self._patches(codes)], 1)
+        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1), code_mask], dim=1)
+        g = self.global_stack(x, mask=mask)[:, ids.shape[1] :]  # [B, F + 1, D]: g[f] -> frame f
+        # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
+        shifted = nn.functional.pad(codes, (0, 1)).clamp_min(0)[:, : k - 1]  # [B, K - 1, F + 1]
+        shifted = self.local_code_emb(shifted + self._offset(codes.device)[: k - 1, None])
+        start = self.local_start.expand(b, 1, f + 1, -1)
+        local = torch.cat([start, shifted], dim=1) + self.to_local(g)[:, None]  # [B, K, F+1, E]
+        h = self.local_stack(rearrange(local, "b k f e -> (b f) k e"))
+        return self.heads(rearrange(h, "(b f) k e -> b f k e", b=b))
+
+    def forward(self, batch: Batch) -> ForwardOutput:
+        targets = frame_targets(batch.codes, batch.code_lengths, self.cfg.codebook_size)
+        return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
+
+    @torch.no_grad()
+    def decode(self, phonemes, *, max_frames, choose):
+        cfg = self.cfg
+        ids, ph_mask = pad_phonemes(phonemes)
+        b, dev = ids.shape[0], ids.device
+        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
+        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+        g, cache = self.global_stack(x, mask=mask, return_hiddens=True)
+        out = torch.zeros(b, cfg.n_codebooks, max_frames, dtype=torch.long, device=dev)
+        lengths = torch.full((b,), max_frames, device=dev)
+        stopped = torch.zeros(b, dtype=torch.bool, device=dev)
+        for frame in range(max_frames):
+            base = self.to_local(g[:, -1])  # [B, E]
+            token_emb, local_cache = self.local_start.expand(b, -1), None
+            for k in range(cfg.n_codebooks):
+                h, local_cache = self.local_stack(
+                    (base + token_emb)[:, None], cache=local_cache, return_hiddens=True
+                )
+                token = choose(self.heads.one(h[:, -1], k), k, out[:, k, :frame])
+                if k == 0:
+                    now = (token == cfg.codebook_size) & ~stopped
+                    lengths[now], stopped = frame, stopped | now
+                    if stopped.all():
+                        return out[..., : int(lengths.max())], lengths, stopped
+                token = token.clamp_max(cfg.codebook_size - 1)
+                out[:, k, frame] = token
+                token_emb = self.local_code_emb(token + k * cfg.codebook_size)
+            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
+            g, cache = self.global_stack(
+                self._patches(out[:, :, frame : frame + 1]),
+                mask=mask,
+                cache=cache,
+                return_hiddens=True,
+            )
+        return out, lengths, stopped
+
+    def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
+        chooser = Chooser(sampling, device=phonemes[0].device)
+        return to_generated(*self.decode(phonemes, max_frames=max_frames, choose=chooser))

@@ -1,0 +1,114 @@
+"""`valle`: the VALL-E baseline. An AR decoder over [phonemes; codebook-1 codes] (with a stop
+class), and a NAR transformer that, given phonemes and codebooks < k, predicts codebook k for all
+frames at once, told which stage it is by a codebook (stage) embedding.
+
+Training: the AR part on codebook 1 every step; the NAR part on one random stage k in 2..K per
+utterance (as in VALL-E). Evaluation (`model.eval()`): every stage, so bits-per-code for
+codebooks 2..K is the NAR's teacher-forced NLL given the true lower codebooks.
+"""
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from models.base import Backend, ForwardOutput, ModelConfig
+from models.blocks import attention_stack, frame_loss, left_align, pad_phonemes
+from models.code_stream import CodeStream, to_generated
+from phonelm.batching import Batch
+from phonelm.sampling import Chooser, Sampling
+
+
+class Valle(Backend):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        k, v, d = cfg.n_codebooks, cfg.codebook_size, cfg.dim
+        self.ar = CodeStream(cfg, n_streams=1, depth=cfg.depth)
+        self.nar_phoneme_emb = nn.Embedding(cfg.n_phonemes, d)
+        self.nar_code_emb = nn.Embedding(k * v, d)  # codebook-specific
+        self.stage_emb = nn.Embedding(k, d)
+        self.nar = attention_stack(cfg, depth=cfg.nar_depth or cfg.depth, causal=False)
+        self.nar_heads = nn.Parameter(torch.randn(k, d, v) * d**-0.5)  # row 0 unused
+
+    def _nar_logits(self, ids, ph_mask, codes, lengths, stage: torch.Tensor) -> torch.Tensor:
+        """Codebook `stage[b]` for every frame from codebooks < stage[b] -> logits [B, F, V]."""
+        b, k, f = codes.shape
+        offset = torch.arange(k, device=codes.device)[None, :, None] * self.cfg.codebook_size
+        emb = self.nar_code_emb(codes.clamp_min(0) + offset)  # [B, K, F, D]
+        below = torch.arange(k, device=codes.device)[None] < stage[:, None]  # [B, K]
+        frames = (emb * below[:, :, None, None]).sum(1) + self.stage_emb(stage)[:, None]
+        code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
+        x = torch.cat([self.nar_phoneme_emb(ids), frames], dim=1)
+        h = self.nar(x, mask=torch.cat([ph_mask, code_mask], dim=1))[:, ids.shape[1] :]
+        return torch.einsum("bfd,bdv->bfv", h, self.nar_heads[stage])
+
+    def forward(self, batch: Batch) -> ForwardOutput:
+        cfg, codes, lengths = self.cfg, batch.codes, batch.code_lengths
+        ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
+        ar_logits = self.ar.logits(ids, ph_mask, codes[:, :1], lengths)  # [B, F+1, 1, V+1]
+        out = frame_loss(ar_logits, self.ar.targets(codes[:, :1], lengths), cfg.codebook_size)
+        nll = torch.zeros(cfg.n_codebooks, device=codes.device)
+        count = torch.zeros_like(nll, dtype=torch.long)
+        nll[0], count[0] = out.nll[0], out.count[0]
+        loss_sum, loss_count = out.loss * (out.count.sum() + out.stop_count), out.count.sum()
+        loss_count = loss_count + out.stop_count
+        b = codes.shape[0]
+        if cfg.n_codebooks > 1:
+            if self.training:
+                stages = [torch.randint(1, cfg.n_codebooks, (b,), device=codes.device)]
+            else:
+                stages = [
+                    torch.full((b,), s, device=codes.device) for s in range(1, cfg.n_codebooks)
+                ]
+            for stage in stages:
+                logits = self._nar_logits(ids, ph_mask, codes, lengths, stage)
+                target = codes[torch.arange(b), stage]  # [B, F], -1 padded
+                step = nn.functional.cross_entropy(
+                    rearrange(logits, "b f v -> b v f").float(),
+                    target,
+                    ignore_index=-1,
+                    reduction="none",
+                )
+                real = target >= 0
+                nll.index_add_(0, stage, (step * real).sum(1).detach())
+                count.index_add_(0, stage, real.sum(1))
+                loss_sum, loss_count = loss_sum + (step * real).sum(), loss_count + real.sum()
+        return ForwardOutput(
+            loss_sum / loss_count.clamp_min(1), nll, count, out.stop_nll, out.stop_count
+        )
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """[B, F + 1, K, V + 1], teacher-forced: AR for k = 0, NAR (true codebooks < k) above."""
+        ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
+        codes, lengths = batch.codes, batch.code_lengths
+        ar = self.ar.logits(ids, ph_mask, codes[:, :1], lengths)
+        b, f = codes.shape[0], codes.shape[-1]
+        out = torch.full(
+            (b, f + 1, self.cfg.n_codebooks, self.cfg.codebook_size + 1),
+            float("-inf"),
+            device=codes.device,
+        )
+        out[:, :, :1] = ar
+        for s in range(1, self.cfg.n_codebooks):
+            stage = torch.full((b,), s, device=codes.device)
+            out[:, :f, s, :-1] = self._nar_logits(ids, ph_mask, codes, lengths, stage)
+        return out
+
+    @torch.no_grad()
+    def decode(self, phonemes, *, max_frames, choose, nar_choose=None):
+        codes, lengths, stopped = self.ar.decode(phonemes, max_frames=max_frames, choose=choose)
+        b, f = codes.shape[0], codes.shape[-1]
+        full = torch.zeros(b, self.cfg.n_codebooks, f, dtype=torch.long, device=codes.device)
+        full[:, 0] = codes[:, 0]
+        ids, ph_mask = pad_phonemes(phonemes)
+        for s in range(1, self.cfg.n_codebooks):
+            stage = torch.full((b,), s, device=codes.device)
+            logits = self._nar_logits(ids, ph_mask, full, lengths, stage)
+            full[:, s] = (nar_choose or (lambda x: x.argmax(-1)))(logits)
+        return full, lengths, stopped
+
+    def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
+        chooser = Chooser(sampling, device=phonemes[0].device)
+        decoded = self.decode(
+            phonemes, max_frames=max_frames, choose=chooser, nar_choose=chooser.nar
+        )
+        return to_generated(*decoded)
