@@ -22,6 +22,7 @@ def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, cau
         ff_mult=cfg.ff_mult,
         ff_glu=True,
         rotary_pos_emb=True,
+        attn_flash=True,  # torch's scaled_dot_product_attention kernels
         attn_dropout=cfg.dropout,
         ff_dropout=cfg.dropout,
     )

@@ -66,7 +66,8 @@ class LengthBucketSampler(Sampler[list[int]]):
     Each epoch: shuffle, cut into pools of `pool_batches` batches, sort each pool by length, cut
     it into batches, shuffle the batches. Distributed like DistributedSampler: every rank gets
     the same number of batches (the list is padded by repeating batches), rank r takes batches
-    r, r + world, ...; call `set_epoch(epoch)` each epoch. num_replicas/rank default to the
+    r, r + world, ...; call `set_epoch(epoch)` each epoch. With even=False (evaluation) nothing
+    is repeated and ranks may get one batch more or less. num_replicas/rank default to the
     torch.distributed world, or 1/0 when it is not initialised.
     """
 
@@ -81,6 +82,7 @@ class LengthBucketSampler(Sampler[list[int]]):
         rank: int | None = None,
         drop_last: bool = False,
         pool_batches: int = 50,
+        even: bool = True,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -91,6 +93,7 @@ class LengthBucketSampler(Sampler[list[int]]):
             raise ValueError(f"rank {self.rank} outside [0, {self.num_replicas})")
         self.lengths, self.batch_size, self.shuffle = list(lengths), batch_size, shuffle
         self.seed, self.drop_last, self.pool_batches, self.epoch = seed, drop_last, pool_batches, 0
+        self.even = even
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -111,6 +114,8 @@ class LengthBucketSampler(Sampler[list[int]]):
             batches = [b for b in batches if len(b) == self.batch_size]
         if self.shuffle:
             r.shuffle(batches)
+        if not self.even:
+            return batches
         total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
         return batches + batches[: total - len(batches)]
 
@@ -118,4 +123,4 @@ class LengthBucketSampler(Sampler[list[int]]):
         return iter(self._all_batches()[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return len(self._all_batches()) // self.num_replicas
+        return len(self._all_batches()[self.rank :: self.num_replicas])

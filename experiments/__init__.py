@@ -1,0 +1,1 @@
+"""Experiment entry points: run.py (train -> generate -> run directory), synthesize.py."""

@@ -1,0 +1,256 @@
+"""Train a backend, generate the test sentences, and write a run directory.
+
+    python experiments/run.py --model megabyte            # also valle, flat, all
+    python experiments/run.py --model all --preset tiny --steps 50 --set train.lr=3e-3
+    torchrun --standalone --nproc_per_node=2 experiments/run.py --model flat
+
+The run directory (<out>/<model>-<preset>-seed<seed>/) holds config.json (resolved), env.json
+(git hash, versions, command), metrics.jsonl, tensorboard/, checkpoints/ (last.pt, best.pt),
+codec.json + codec.safetensors (decode anywhere), samples/ (wav, codes, generation.jsonl) and
+test_metrics.json. Re-running the same command resumes it.
+"""
+
+import argparse
+import dataclasses
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from experiments.overrides import apply
+from experiments.presets import RunConfig, preset
+from models.registry import BACKENDS, build_backend
+from phonelm import distributed as dist
+from phonelm.audio import save_audio
+from phonelm.dataset import prepare
+from phonelm.io import write_json, write_with
+from phonelm.text import Phonemizer
+from phonelm.train import Trainer, evaluate, load_checkpoint, loader_for, seed_everything
+
+
+def git_hash() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment() -> dict:
+    from importlib.metadata import version
+
+    packages = ["torch", "x-transformers", "encodec", "openai-whisper", "g2p_en", "numpy"]
+    return {
+        "git": git_hash(),
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "versions": {name: version(name) for name in packages},
+        "platform": platform.platform(),
+        "world_size": dist.world(),
+        "device": str(dist.device()),
+    }
+
+
+def run_config(args, model: str) -> RunConfig:
+    cfg = preset(args.preset, model, seed=args.seed)
+    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
+    extra += [f"train.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
+    return apply(cfg, extra + list(args.set))
+
+
+def check_config(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory belongs to one config: resuming with another one is an error."""
+    path = run_dir / "config.json"
+    resolved = dataclasses.asdict(cfg)
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != json.loads(json.dumps(resolved)):
+            changed = sorted(
+                k for k in resolved if saved.get(k) != json.loads(json.dumps(resolved[k]))
+            )
+            raise SystemExit(
+                f"{run_dir} was made with another config (sections {changed} differ); "
+                "use another --out or remove the directory"
+            )
+    elif dist.is_main():
+        write_json(path, resolved)
+
+
+@torch.no_grad()
+def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> dict:
+    """Generate the split's sentences: wavs, codes and one JSON line per utterance."""
+    from phonelm.corpus import read_ljspeech  # noqa: F401  (texts come from the corpus)
+    from phonelm.dataset import CodeDataset, open_corpus
+
+    gen = cfg.generate
+    samples = run_dir / "samples"
+    done_marker = samples / "generation.jsonl"
+    if done_marker.is_file():
+        return json.loads((run_dir / "generation_summary.json").read_text())
+    ds = CodeDataset(prepared.cache_dir, gen.split)
+    texts = {u.id: u for u in open_corpus(cfg.data).items}
+    ids = ds.ids[: gen.limit]
+    phonemizer, codec = Phonemizer(), prepared.codec
+    rate = codec.frame_rate
+    records, codes_out = [], {}
+    model.eval()
+    for start in tqdm(range(0, len(ids), gen.batch_size), desc="generate", unit="batch"):
+        chunk = ids[start : start + gen.batch_size]
+        phonemes = [
+            torch.tensor(phonemizer(texts[i].normalized_text).ids, device=device) for i in chunk
+        ]
+        guard = min(
+            int(gen.max_seconds * rate), int(gen.frames_per_phoneme * max(len(p) for p in phonemes))
+        )
+        t0 = time.perf_counter()
+        outs = model.generate(phonemes, max_frames=guard, sampling=gen.sampling)
+        seconds = time.perf_counter() - t0
+        frames_total = max(1, sum(o.codes.shape[1] for o in outs))
+        for uid, ph, out in zip(chunk, phonemes, outs, strict=True):
+            audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
+            save_audio(samples / f"{uid}.wav", audio, codec.sample_rate)
+            codes_out[uid] = out.codes.to(torch.int16).contiguous()
+            share = seconds * out.codes.shape[1] / frames_total  # batch time, split by frames
+            records.append(
+                {
+                    "id": uid,
+                    "text": texts[uid].text,
+                    "normalized_text": texts[uid].normalized_text,
+                    "phonemes": len(ph),
+                    "frames": out.codes.shape[1],
+                    "stopped": out.stopped,
+                    "guard_frames": guard,
+                    "audio_seconds": out.codes.shape[1] / rate,
+                    "generate_seconds": share,
+                    "real_time_factor": share / max(out.codes.shape[1] / rate, 1e-9),
+                }
+            )
+    write_with(samples / "codes.safetensors", lambda tmp: save_file(codes_out, str(tmp)))
+    audio_s = sum(r["audio_seconds"] for r in records)
+    gen_s = sum(r["generate_seconds"] for r in records)
+    summary = {
+        "utterances": len(records),
+        "stopped": sum(r["stopped"] for r in records),
+        "guard_fired": sum(not r["stopped"] for r in records),
+        "audio_seconds": audio_s,
+        "generate_seconds": gen_s,
+        "real_time_factor": gen_s / max(audio_s, 1e-9),
+        "sampling": dataclasses.asdict(gen.sampling),
+    }
+    write_json(run_dir / "generation_summary.json", summary)
+    write_with(
+        done_marker, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    )
+    return summary
+
+
+def run_one(args, model_name: str) -> dict:
+    cfg = run_config(args, model_name)
+    run_dir = Path(args.out) / f"{model_name}-{cfg.preset}-seed{cfg.seed}"
+    seed_everything(cfg.seed)
+    if dist.is_main():
+        prepared = prepare(cfg.data, cfg.codec)
+    dist.barrier()
+    if not dist.is_main():
+        prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
+    run_dir.mkdir(parents=True, exist_ok=True)
+    check_config(run_dir, cfg)
+    if dist.is_main():
+        write_json(run_dir / "env.json", environment())
+        write_json(run_dir / "codec.json", dataclasses.asdict(cfg.codec))
+        prepared.codec.save(run_dir / "codec.safetensors")
+        write_json(run_dir / "data_manifest.json", prepared.manifest)
+    model = build_backend(dataclasses.replace(cfg.model, n_codebooks=prepared.codec.n_codebooks))
+    params = model.num_params()
+    if dist.is_main():
+        print(
+            f"[{model_name}] {params / 1e6:.3f}M parameters, preset {cfg.preset}, "
+            f"K={prepared.codec.n_codebooks}, run dir {run_dir}",
+            flush=True,
+        )
+    trainer = Trainer(
+        model,
+        cfg.train,
+        cache_dir=prepared.cache_dir,
+        run_dir=run_dir,
+        frame_rate=prepared.codec.frame_rate,
+        extra_state={"params": params},
+    )
+    summary = trainer.fit()
+    result = {
+        "model": model_name,
+        "preset": cfg.preset,
+        "seed": cfg.seed,
+        "params": params,
+        **summary,
+    }
+    if dist.is_main():
+        best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trainer.device)
+        model.load_state_dict(best["model"])
+        _, _, test_loader = loader_for(
+            prepared.cache_dir, "test", cfg.train, prepared.codec.frame_rate, shuffle=False
+        )
+        result["test"] = evaluate(model, test_loader, trainer.device)
+        result["best_step"] = best["step"]
+        result["generation"] = generate_split(model, cfg, prepared, run_dir, trainer.device)
+        write_json(run_dir / "test_metrics.json", result)
+    dist.barrier()
+    return result
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--model", required=True, help=f"one of {sorted(BACKENDS)} or 'all'")
+    ap.add_argument("--preset", default="cpu", help="tiny | cpu | paper")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="optimiser steps (preset default)")
+    ap.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    ap.add_argument("--out", default="results", help="parent of the run directories")
+    ap.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=3e-4 model.dim=128 data.root=/data",
+    )
+    args = ap.parse_args(argv)
+    models = sorted(BACKENDS) if args.model == "all" else [args.model]
+    unknown = [m for m in models if m not in BACKENDS]
+    if unknown:
+        ap.error(f"unknown model {unknown[0]!r}; valid models: {sorted(BACKENDS)} or 'all'")
+    dist.init()
+    try:
+        results = [run_one(args, m) for m in models]
+    finally:
+        dist.cleanup()
+    if dist.is_main():
+        for r in results:
+            bits = r.get("test", {}).get("bits_per_code", float("nan"))
+            rtf = r.get("generation", {}).get("real_time_factor", float("nan"))
+            print(
+                f"{r['model']:>9}: {r['params'] / 1e6:.3f}M params, {r['steps']} steps in "
+                f"{r['train_seconds']:.0f} s, test bits/code {bits:.3f}, generation RTF {rtf:.2f}"
+            )
+    return results
+
+
+if __name__ == "__main__":
+    main()

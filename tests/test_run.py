@@ -1,0 +1,190 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import phonelm.train as train_module
+from experiments.presets import preset
+from experiments.run import main as run
+from experiments.synthesize import main as synthesize
+from models.registry import build_backend
+from phonelm.dataset import prepare
+from phonelm.train import Trainer
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def tiny_args(model: str, out: Path, data_root: Path, *extra: str) -> list[str]:
+    return [
+        "--model",
+        model,
+        "--preset",
+        "tiny",
+        "--out",
+        str(out),
+        "--steps",
+        "6",
+        "--set",
+        f"data.root={data_root}",
+        "generate.limit=2",
+        "generate.max_seconds=1.0",
+        "train.eval_every=3",
+        *extra,
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["megabyte", "valle", "flat"])
+def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_root):
+    [result] = run(tiny_args(model, tmp_path, data_root))
+    run_dir = tmp_path / f"{model}-tiny-seed0"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["name"] == model and config["train"]["steps"] == 6
+    env = json.loads((run_dir / "env.json").read_text())
+    assert env["git"] and env["versions"]["torch"] and env["command"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines if "valid_loss" in x] == [3, 6]
+    assert all(len(x["valid_bits_per_code_by_codebook"]) == 2 for x in lines if "valid_loss" in x)
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+    assert (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / "codec.safetensors").is_file() and (run_dir / "tensorboard").is_dir()
+    generated = [
+        json.loads(x) for x in (run_dir / "samples" / "generation.jsonl").read_text().splitlines()
+    ]
+    assert len(generated) == 2 and len(list((run_dir / "samples").glob("*.wav"))) == 2
+    for g in generated:
+        assert g["stopped"] or g["frames"] == g["guard_frames"]  # the guard is reported
+    test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert len(test["test"]["bits_per_code_by_codebook"]) == 2 and test["params"] > 0
+    assert result["steps"] == 6
+
+    # the same command again resumes: no step is trained twice
+    [again] = run(tiny_args(model, tmp_path, data_root))
+    assert (run_dir / "metrics.jsonl").read_text().count("\n") == len(lines)
+    assert again["steps"] == 6 and again["test"] == result["test"]
+
+    # another config in the same run directory is refused
+    with pytest.raises(SystemExit, match="another config"):
+        run(tiny_args(model, tmp_path, data_root, "train.lr=0.5"))
+
+    # the run speaks arbitrary text, and refuses text it cannot speak
+    [wav] = synthesize(
+        [str(run_dir), "Hello there.", "-o", str(tmp_path / "hi.wav"), "--max-seconds", "0.5"]
+    )
+    assert wav.stat().st_size > 44
+    with pytest.raises(SystemExit, match="cannot speak"):
+        synthesize([str(run_dir), "\U0001f389", "-o", str(tmp_path / "x.wav")])
+    assert not (tmp_path / "x.wav").exists()
+
+
+def test_unknown_model_lists_the_valid_ones(capsys):
+    with pytest.raises(SystemExit):
+        run(["--model", "nope"])
+    assert "valid models: ['flat', 'megabyte', 'valle']" in capsys.readouterr().err
+
+
+def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    cfg.train.steps, cfg.train.eval_every, cfg.train.log_every = 4, 2, 1
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+
+    def trainer(run_dir):
+        torch.manual_seed(0)
+        return Trainer(
+            build_backend(cfg.model),
+            cfg.train,
+            cache_dir=prepared.cache_dir,
+            run_dir=run_dir,
+            frame_rate=75.0,
+        )
+
+    straight = trainer(tmp_path / "a")
+    straight.fit()
+
+    real_lr = train_module.lr_at
+
+    def crash_at_step_3(step, c):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_lr(step, c)
+
+    monkeypatch.setattr(train_module, "lr_at", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        trainer(tmp_path / "b").fit()
+    monkeypatch.setattr(train_module, "lr_at", real_lr)
+    resumed = trainer(tmp_path / "b")
+    assert resumed.step == 2  # picked up the checkpoint written at step 2
+    resumed.fit()
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
+    common = [
+        "--model",
+        "flat",
+        "--preset",
+        "tiny",
+        "--steps",
+        "4",
+        "--set",
+        f"data.root={data_root}",
+        "train.batch_size=8",
+        "train.micro_batch_size=4",
+        "train.log_every=1",
+        "train.eval_every=4",
+        "generate.limit=1",
+        "generate.max_seconds=0.5",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = tmp_path / "one"
+    subprocess.run(
+        [sys.executable, "experiments/run.py", "--out", str(single), *common],
+        cwd=ROOT,
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    double = tmp_path / "two"
+    proc = subprocess.run(
+        [
+            str(torchrun),
+            "--standalone",
+            "--nproc_per_node=2",
+            "experiments/run.py",
+            "--out",
+            str(double),
+            *common,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def losses(out):
+        lines = (out / "flat-tiny-seed0" / "metrics.jsonl").read_text().splitlines()
+        rows = [json.loads(x) for x in lines]
+        train = [r["loss"] for r in rows if "loss" in r]
+        valid = [r["valid_loss"] for r in rows if "valid_loss" in r]
+        return train, valid
+
+    (train_1, valid_1), (train_2, valid_2) = losses(single), losses(double)
+    assert len(train_1) == len(train_2) == 4
+    assert train_1 == pytest.approx(train_2, rel=1e-4)
+    assert valid_1 == pytest.approx(valid_2, rel=1e-4)
+    env_2 = json.loads((double / "flat-tiny-seed0" / "env.json").read_text())
+    assert env_2["world_size"] == 2
