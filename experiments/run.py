@@ -202,14 +202,14 @@ def run_one(args, model_name: str) -> dict:
         "params": params,
         **summary,
     }
+    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trainer.device)
+    model.load_state_dict(best["model"])
+    _, _, test_loader = loader_for(
+        prepared.cache_dir, "test", cfg.train, prepared.codec.frame_rate, shuffle=False
+    )
+    result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
+    result["best_step"] = best["step"]
     if dist.is_main():
-        best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trainer.device)
-        model.load_state_dict(best["model"])
-        _, _, test_loader = loader_for(
-            prepared.cache_dir, "test", cfg.train, prepared.codec.frame_rate, shuffle=False
-        )
-        result["test"] = evaluate(model, test_loader, trainer.device)
-        result["best_step"] = best["step"]
         result["generation"] = generate_split(model, cfg, prepared, run_dir, trainer.device)
         write_json(run_dir / "test_metrics.json", result)
     dist.barrier()
