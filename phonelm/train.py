@@ -55,11 +55,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at cfg.steps."""
+def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
+    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at the end of the
+    budget: cfg.steps, or cfg.max_minutes if that comes first (time_used: its fraction spent)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    progress = min(
+        1.0, max(time_used, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    )
     return cfg.lr * (
         cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     )
@@ -226,9 +229,10 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not dist.is_main())
         start, codes_seen, out_of_time = time.perf_counter() - self.train_seconds, 0, False
+        time_used = 0.0
         window_start = time.perf_counter()
         while self.step < cfg.steps and not out_of_time:
-            lr = lr_at(self.step, cfg)
+            lr = lr_at(self.step, cfg, time_used)
             for group in self.opt.param_groups:
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=self.device)
@@ -246,11 +250,10 @@ class Trainer:
             self.step += 1
             bar.update(1)
             self.train_seconds = time.perf_counter() - start
-            if cfg.max_minutes is not None:  # every rank must take the same decision
-                late = torch.tensor(
-                    float(self.train_seconds > 60 * cfg.max_minutes), device=self.device
-                )
-                out_of_time = bool(dist.all_reduce_sum(late) > 0)
+            if cfg.max_minutes is not None:  # mean over ranks: every rank decides the same
+                spent = dist.all_reduce_sum(torch.tensor(self.train_seconds, device=self.device))
+                time_used = float(spent) / self.world / (60 * cfg.max_minutes)
+                out_of_time = time_used >= 1.0
             if self.step % cfg.log_every == 0 or self.step == 1:
                 elapsed = time.perf_counter() - window_start
                 codes = torch.tensor(float(codes_seen), device=self.device)

@@ -113,10 +113,10 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
 
     real_lr = train_module.lr_at
 
-    def crash_at_step_3(step, c):
+    def crash_at_step_3(step, *args):
         if step == 3:
             raise KeyboardInterrupt
-        return real_lr(step, c)
+        return real_lr(step, *args)
 
     monkeypatch.setattr(train_module, "lr_at", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
@@ -188,3 +188,15 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
     assert valid_1 == pytest.approx(valid_2, rel=1e-4)
     env_2 = json.loads((double / "flat-tiny-seed0" / "env.json").read_text())
     assert env_2["world_size"] == 2
+
+
+def test_schedule_warms_up_then_decays_by_steps_or_time():
+    from phonelm.train import TrainConfig, lr_at
+
+    cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
+    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
+    assert lr_at(55, cfg) == pytest.approx(0.55)  # half-way down the cosine
+    # a time budget that runs out first ends the cosine at the time limit
+    assert lr_at(20, cfg, time_used=1.0) == pytest.approx(0.1)
+    assert lr_at(20, cfg, time_used=0.5) == pytest.approx(0.55)
