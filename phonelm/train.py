@@ -57,12 +57,13 @@ def seed_everything(seed: int) -> None:
 
 def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
     """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at the end of the
-    budget: cfg.steps, or cfg.max_minutes if that comes first (time_used: its fraction spent)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(
-        1.0, max(time_used, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    )
+    budget: cfg.steps, or cfg.max_minutes if that comes first (time_used: the fraction spent).
+    Under a time budget the warmup also ends once 5% of the time is spent."""
+    warm = max((step + 1) / cfg.warmup_steps, time_used / 0.05) if cfg.warmup_steps else 1.0
+    if warm < 1.0:
+        return cfg.lr * warm
+    done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, max(time_used, done, 0.0))
     return cfg.lr * (
         cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     )

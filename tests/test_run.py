@@ -200,3 +200,5 @@ def test_schedule_warms_up_then_decays_by_steps_or_time():
     # a time budget that runs out first ends the cosine at the time limit
     assert lr_at(20, cfg, time_used=1.0) == pytest.approx(0.1)
     assert lr_at(20, cfg, time_used=0.5) == pytest.approx(0.55)
+    # ... and its warmup ends once 5% of the time is spent, whatever the step
+    assert lr_at(1, cfg, time_used=0.025) == pytest.approx(0.5)

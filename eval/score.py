@@ -1,0 +1,279 @@
+"""Score every run directory under a results folder and write the comparison.
+
+    python eval/score.py results/ [--asr tiny.en] [--force] [--report-sentences 10]
+
+Per run: WER/CER of Whisper transcripts of the generated audio against the input text (Whisper's
+English normaliser on both sides), repetition (loop rate, code-level and transcript-level),
+duration ratio, test bits-per-code (per codebook) and bits per second, generation real-time
+factor and training throughput. Reference rows: ground-truth audio and its codec resynthesis,
+scored the same way on the same sentences. Writes summary.csv, summary.md, plots/*.png and
+report.html. Scores are cached per run (scores.json) with the scoring settings: runs already
+scored with the same settings are not scored again (--force rescores). Incomplete or corrupt run
+directories are reported and skipped.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+import soundfile as sf
+
+from eval.asr import Asr
+from eval.metrics import error_rates, normalize_transcript
+from eval.repetition import code_repetition, loop_rate, transcript_repetition
+from eval.runs import Run, RunError, find_runs, load_run
+from phonelm.audio import conform, load_audio, save_audio
+from phonelm.config import DataConfig
+from phonelm.corpus import EmbeddedSettings
+from phonelm.dataset import open_corpus
+from phonelm.io import digest, write_json, write_text
+
+SCORE_VERSION = 1
+
+
+def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
+    rates = error_rates([ref], [hyp])
+    return {
+        "ref": ref,
+        "hyp": hyp,
+        "wer": rates.wer,
+        "cer": rates.cer,
+        "insertions": rates.insertions,
+        "words": rates.reference_words,
+        "code_repetition": code_repetition(codes),
+        "transcript_repetition": transcript_repetition(normalize_transcript(hyp)),
+        **extra,
+    }
+
+
+def _pooled(utts: list[dict]) -> dict:
+    rates = error_rates([u["ref"] for u in utts], [u["hyp"] for u in utts])
+    mean = lambda key: sum(u[key] for u in utts) / len(utts)  # noqa: E731
+    return {
+        "wer": rates.wer,
+        "cer": rates.cer,
+        "substitutions": rates.substitutions,
+        "deletions": rates.deletions,
+        "insertions": rates.insertions,
+        "insertion_rate": rates.insertions / max(1, rates.reference_words),
+        "code_repetition": mean("code_repetition"),
+        "transcript_repetition": mean("transcript_repetition"),
+        "utterances": len(utts),
+    }
+
+
+def corpus_of(run: Run):
+    data = dict(run.config["data"])
+    data["embedded"] = EmbeddedSettings(**data["embedded"])
+    return {u.id: u for u in open_corpus(DataConfig(**data)).items}
+
+
+def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
+    cache = run.path / "scores.json"
+    if cache.is_file() and not force:
+        saved = json.loads(cache.read_text())
+        if saved.get("key") == key:
+            return saved
+    corpus, codec = corpus_of(run), run.codec()
+    utts = []
+    for g in run.generations:
+        wav, sr = load_audio(run.path / "samples" / f"{g['id']}.wav")
+        hyp = asr(wav[0], sr) if g["frames"] else ""
+        truth = sf.info(str(corpus[g["id"]].wav)).duration
+        utts.append(
+            _utterance_scores(
+                g["normalized_text"],
+                hyp,
+                run.codes[g["id"]].numpy(),
+                {
+                    "id": g["id"],
+                    "stopped": g["stopped"],
+                    "frames": g["frames"],
+                    "duration_ratio": g["frames"] / codec.frame_rate / truth,
+                    "real_time_factor": g["real_time_factor"],
+                },
+            )
+        )
+    summary = _pooled(utts)
+    summary["loop_rate"] = loop_rate([u["stopped"] for u in utts])
+    summary["duration_ratio"] = sum(u["duration_ratio"] for u in utts) / len(utts)
+    result = {"key": key, "summary": summary, "utterances": utts}
+    write_json(cache, result)
+    return result
+
+
+def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool) -> dict:
+    """Ground truth and codec resynthesis of the sentences the runs generated, per codec."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(
+            digest(
+                run.config["data"],
+                json.loads((run.path / "codec.json").read_text()),
+                run.codec().identity(),
+            ),
+            [],
+        ).append(run)
+    results = {}
+    for group_key, members in groups.items():
+        folder = out / "references" / group_key
+        cache = folder / "scores.json"
+        ids = sorted({g["id"] for run in members for g in run.generations})
+        if cache.is_file() and not force:
+            saved = json.loads(cache.read_text())
+            if saved.get("key") == key and saved.get("ids") == ids:
+                results[group_key] = saved
+                continue
+        corpus, codec = corpus_of(members[0]), members[0].codec()
+        rows = {"ground truth": [], "codec resynthesis": []}
+        for uid in ids:
+            u = corpus[uid]
+            wav = conform(*load_audio(u.wav), codec.sample_rate)
+            codes = codec.encode(wav, codec.sample_rate)
+            resynth = codec.decode(codes)
+            save_audio(folder / "resynthesis" / f"{uid}.wav", resynth, codec.sample_rate)
+            for name, audio in (("ground truth", wav), ("codec resynthesis", resynth)):
+                rows[name].append(
+                    _utterance_scores(
+                        u.normalized_text,
+                        asr(audio, codec.sample_rate),
+                        codes.numpy(),
+                        {"id": uid, "stopped": True, "duration_ratio": 1.0},
+                    )
+                )
+        saved = {
+            "key": key,
+            "ids": ids,
+            "codec": codec.settings(),
+            "rows": {
+                name: {
+                    "summary": {**_pooled(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
+                    "utterances": utts,
+                }
+                for name, utts in rows.items()
+            },
+        }
+        write_json(cache, saved)
+        results[group_key] = saved
+    return results
+
+
+def run_row(run: Run, scores: dict) -> dict:
+    test, cfg = run.test_metrics, run.config
+    k = cfg["model"]["n_codebooks"]
+    train_rates = [m["train_codes_per_s"] for m in run.metrics if "train_codes_per_s" in m]
+    row = {
+        "run": run.name,
+        "model": cfg["model"]["name"],
+        "preset": cfg["preset"],
+        "seed": cfg["seed"],
+        "params_M": test["params"] / 1e6,
+        "steps": test["steps"],
+        "train_min": test["train_seconds"] / 60,
+        **scores["summary"],
+        "bits_per_code": test["test"]["bits_per_code"],
+        "bits_per_second": test["test"]["bits_per_code"] * k * 75.0,
+        "stop_bits": test["test"]["stop_bits"],
+        "gen_rtf": test["generation"]["real_time_factor"],
+        "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
+    }
+    for i, bits in enumerate(test["test"]["bits_per_code_by_codebook"], start=1):
+        row[f"bits_cb{i}"] = bits
+    return row
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float]:
+    """Mean and 95% CI half-width (Student t over seeds; nan for one seed)."""
+    from scipy import stats
+
+    n = values.count()
+    if n < 2:
+        return float(values.mean()), math.nan
+    return float(values.mean()), float(
+        stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
+    )
+
+
+def paired_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
+    """Wilcoxon signed-rank on per-utterance WER (mean over seeds) for each backend pair."""
+    from scipy import stats
+
+    table = per_utt.groupby(["model", "id"])["wer"].mean().unstack(0)
+    models, rows = list(table.columns), []
+    for i, a in enumerate(models):
+        for b in models[i + 1 :]:
+            pair = table[[a, b]].dropna()
+            diff = pair[a] - pair[b]
+            p = stats.wilcoxon(pair[a], pair[b]).pvalue if (diff != 0).sum() >= 5 else math.nan
+            rows.append(
+                {
+                    "a": a,
+                    "b": b,
+                    "utterances": len(pair),
+                    "mean_wer_a": pair[a].mean(),
+                    "mean_wer_b": pair[b].mean(),
+                    "wilcoxon_p": p,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("results", nargs="?", default="results")
+    ap.add_argument("--asr", default="tiny.en")
+    ap.add_argument("--asr-weights", default=None)
+    ap.add_argument("--data-root", default="data", help="where converted ASR weights are cached")
+    ap.add_argument("--force", action="store_true", help="rescore runs already scored")
+    ap.add_argument("--report-sentences", type=int, default=10)
+    args = ap.parse_args(argv)
+    out = Path(args.results)
+    runs, problems = [], []
+    for path in find_runs(out):
+        try:
+            runs.append(load_run(path))
+        except RunError as err:
+            problems.append(str(err))
+            print(f"skipped: {err}", file=sys.stderr)
+    if not runs:
+        sys.exit(f"no complete run directories under {out} ({len(problems)} skipped)")
+    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.data_root) / "asr")
+    key = digest(SCORE_VERSION, asr.describe())
+    scores = {run.name: score_run(run, asr, key, args.force) for run in runs}
+    references = score_references(runs, asr, key, out, args.force)
+    rows = [run_row(run, scores[run.name]) for run in runs]
+    for ref in references.values():
+        for name, block in ref["rows"].items():
+            rows.append({"run": name, "model": name, **block["summary"]})
+    table = pd.DataFrame(rows)
+    asr_info = asr.describe()
+    table["asr"] = f"{asr_info['engine']} {asr_info['model']} ({asr_info['weights']})"
+    per_utt = pd.DataFrame(
+        [
+            {**u, "model": run.config["model"]["name"], "run": run.name}
+            for run in runs
+            for u in scores[run.name]["utterances"]
+        ]
+    )
+    write_text(out / "summary.csv", table.to_csv(index=False))
+    from eval.report import write_report
+
+    write_report(
+        out,
+        table,
+        per_utt,
+        runs,
+        references,
+        paired_tests(per_utt),
+        problems,
+        sentences=args.report_sentences,
+    )
+    print((out / "summary.md").read_text())
+    return table
+
+
+if __name__ == "__main__":
+    main()
