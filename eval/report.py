@@ -1,0 +1,203 @@
+"""Tables (markdown), plots (seaborn PNG) and one self-contained HTML report of scored runs."""
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import soundfile as sf  # noqa: E402
+
+from phonelm.audio import conform, load_audio  # noqa: E402
+from phonelm.io import write_text  # noqa: E402
+
+MAIN_COLUMNS = [
+    "run",
+    "model",
+    "preset",
+    "seed",
+    "params_M",
+    "steps",
+    "train_min",
+    "wer",
+    "cer",
+    "insertion_rate",
+    "loop_rate",
+    "code_repetition",
+    "transcript_repetition",
+    "duration_ratio",
+    "bits_per_code",
+    "bits_per_second",
+    "gen_rtf",
+    "train_codes_per_s",
+]
+AGGREGATED = ["wer", "cer", "bits_per_code", "loop_rate", "code_repetition", "gen_rtf"]
+
+
+def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
+    from eval.score import mean_ci
+
+    rows = []
+    models = table[table["preset"].notna()]
+    for (model, preset), group in models.groupby(["model", "preset"]):
+        row = {"model": model, "preset": preset, "seeds": len(group)}
+        for col in AGGREGATED:
+            mean, ci = mean_ci(group[col])
+            row[col] = f"{mean:.3f}" + ("" if ci != ci else f" ± {ci:.3f}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[str, Path]:
+    folder = out / "plots"
+    folder.mkdir(parents=True, exist_ok=True)
+    sns.set_theme(style="whitegrid")
+    made = {}
+
+    def save(name: str, fig) -> None:
+        path = folder / f"{name}.png"
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        plt.close(fig)
+        made[name] = path
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    for ax, metric in zip(axes, ["wer", "cer"], strict=True):
+        sns.barplot(per_utt, x="model", y=metric, errorbar=("ci", 95), ax=ax)
+        refs = table[table["preset"].isna()]
+        for _, ref in refs.iterrows():
+            ax.axhline(ref[metric], ls="--", lw=1, color="gray")
+            ax.text(ax.get_xlim()[1], ref[metric], f" {ref['model']}", va="center", fontsize=7)
+        ax.set_title(f"{metric.upper()} per model (95% CI over utterances)")
+    save("wer_cer", fig)
+
+    bits = table.filter(regex="^bits_cb").assign(run=table["run"]).dropna(how="all", axis=0)
+    bits = bits.melt(id_vars="run", var_name="codebook", value_name="bits").dropna()
+    if len(bits):
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        bits["codebook"] = bits["codebook"].str.replace("bits_cb", "")
+        sns.barplot(bits, x="codebook", y="bits", hue="run", ax=ax)
+        ax.set_title("test bits-per-code per codebook")
+        save("bits_per_codebook", fig)
+
+    curves = pd.DataFrame(
+        [
+            {
+                "run": r.name,
+                "step": m["step"],
+                "seconds": m["train_seconds"],
+                "bits": m["valid_bits_per_code"],
+            }
+            for r in runs
+            for m in r.metrics
+            if "valid_bits_per_code" in m
+        ]
+    )
+    if len(curves):
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        sns.lineplot(curves, x="step", y="bits", hue="run", marker="o", ax=axes[0])
+        sns.lineplot(curves, x="seconds", y="bits", hue="run", marker="o", ax=axes[1])
+        axes[0].set_title("validation bits-per-code vs step")
+        axes[1].set_title("validation bits-per-code vs training seconds")
+        save("validation_curves", fig)
+
+    parts = table.melt(
+        id_vars="model",
+        value_vars=["loop_rate", "code_repetition", "transcript_repetition"],
+        var_name="part",
+        value_name="share",
+    )
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    sns.barplot(parts, x="part", y="share", hue="model", ax=ax)
+    ax.set_title("repetition")
+    save("repetition", fig)
+
+    speed = table[table["preset"].notna()]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    sns.barplot(speed, x="model", y="gen_rtf", ax=axes[0])
+    axes[0].set_title("generation real-time factor (lower is faster)")
+    sns.barplot(speed, x="model", y="train_codes_per_s", ax=axes[1])
+    axes[1].set_title("training codes / s")
+    save("speed", fig)
+    return made
+
+
+def _audio_tag(path: Path) -> str:
+    """An <audio> element with the clip embedded (16 kHz 16-bit WAV, base64)."""
+    wav, sr = load_audio(path)
+    buffer = io.BytesIO()
+    sf.write(buffer, conform(wav, sr, 16_000).numpy(), 16_000, format="WAV", subtype="PCM_16")
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f'<audio controls preload="none" src="data:audio/wav;base64,{data}"></audio>'
+
+
+def _image_tag(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
+
+
+def write_report(out: Path, table, per_utt, runs, references, paired, problems, *, sentences: int):
+    shown = table[[c for c in MAIN_COLUMNS if c in table.columns] + ["asr"]]
+    asr = table["asr"].iloc[0]
+    md = [
+        f"# PhoneLM results\n\nASR: {asr}; Whisper English normaliser on both sides.\n",
+        "## Runs and references\n",
+        shown.drop(columns="asr").to_markdown(index=False, floatfmt=".3f"),
+        "\n## Over seeds (mean ± 95% CI)\n",
+        seed_summary(table).to_markdown(index=False),
+        "\n## Paired tests on per-utterance WER (Wilcoxon signed-rank)\n",
+        paired.to_markdown(index=False, floatfmt=".4f") if len(paired) else "(one backend only)",
+        "\nRepetition: loop rate = share of generations ended by the max-length guard; code "
+        "repetition = share of frames inside a back-to-back repeated pattern of 1-20 frames "
+        "spanning >= 8 frames; transcript repetition = share of words inside an immediately "
+        "repeated 1-3-gram. Bits-per-code for VALL-E codebooks 2..K is its NAR's "
+        "teacher-forced NLL.\n",
+    ]
+    if problems:
+        md.append("\n## Skipped run directories\n" + "\n".join(f"- {p}" for p in problems) + "\n")
+    write_text(out / "summary.md", "\n".join(md))
+    plots = _plots(out, table, per_utt, runs)
+
+    by_run = {run.name: run for run in runs}
+    ids = sorted({u["id"] for u in per_utt.to_dict("records")})[:sentences]
+    ref_dirs = [out / "references" / key for key in references]
+    from eval.score import corpus_of
+
+    corpora = {name: corpus_of(run) for name, run in by_run.items()}
+    rows_html = []
+    for uid in ids:
+        utt = per_utt[per_utt["id"] == uid]
+        text = html.escape(utt["ref"].iloc[0])
+        cells = []
+        truth = corpora[utt["run"].iloc[0]][uid].wav
+        cells.append(f"<td>ground truth<br>{_audio_tag(truth)}</td>")
+        for folder in ref_dirs:
+            resynth = folder / "resynthesis" / f"{uid}.wav"
+            if resynth.is_file():
+                cells.append(f"<td>codec resynthesis<br>{_audio_tag(resynth)}</td>")
+                break
+        for _, u in utt.iterrows():
+            wav = by_run[u["run"]].path / "samples" / f"{uid}.wav"
+            cells.append(
+                f"<td>{html.escape(u['run'])}<br>{_audio_tag(wav)}<br>"
+                f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"
+            )
+        rows_html.append(f"<tr><td>{text}</td>{''.join(cells)}</tr>")
+    runs_html = shown.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+    paired_html = paired.to_html(index=False) if len(paired) else "<p>one backend only</p>"
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PhoneLM report</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px;font-size:13px;vertical-align:top}}
+img{{max-width:100%}}</style>
+</head><body><h1>PhoneLM report</h1><p>ASR: {html.escape(asr)}</p>
+<h2>Runs and references</h2>{runs_html}
+<h2>Over seeds</h2>{seed_summary(table).to_html(index=False)}
+<h2>Paired tests (per-utterance WER)</h2>{paired_html}
+<h2>Plots</h2>{"".join(_image_tag(p) for p in plots.values())}
+<h2>Sentences</h2><table id="sentences">{"".join(rows_html)}</table></body></html>"""
+    write_text(out / "report.html", page)

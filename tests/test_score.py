@@ -1,0 +1,60 @@
+import json
+
+import pandas as pd
+import pytest
+
+from eval.score import main as score
+from experiments.run import main as run
+
+
+@pytest.mark.slow
+def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
+    results = tmp_path / "results"
+    for model in ("megabyte", "valle"):
+        run(
+            [
+                "--model",
+                model,
+                "--preset",
+                "tiny",
+                "--out",
+                str(results),
+                "--steps",
+                "2",
+                "--set",
+                f"data.root={tmp_path / 'data'}",
+                "generate.limit=2",
+                "generate.max_seconds=0.5",
+            ]
+        )
+    broken = results / "flat-tiny-seed0"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+
+    table = score([str(results), "--data-root", "data"])
+    assert set(table["run"]) == {
+        "megabyte-tiny-seed0",
+        "valle-tiny-seed0",
+        "ground truth",
+        "codec resynthesis",
+    }
+    assert table["wer"].between(0, 5).all() and table["loop_rate"].between(0, 1).all()
+    runs = table[table["preset"] == "tiny"]
+    assert (runs["bits_per_code"] > 0).all() and (runs["params_M"] > 0).all()
+    saved = pd.read_csv(results / "summary.csv")
+    assert len(saved) == 4
+    summary = (results / "summary.md").read_text()
+    assert "Skipped run directories" in summary and "flat-tiny-seed0" in summary
+    assert "tiny.en" in summary  # the ASR engine and model are recorded with the numbers
+    page = (results / "report.html").read_text()
+    assert page.count("<audio") >= 2 * 4 and page.count("<img") >= 4
+    assert len(list((results / "plots").glob("*.png"))) >= 4
+
+    # already scored with the same settings: not scored again
+    scores = results / "megabyte-tiny-seed0" / "scores.json"
+    before = scores.stat().st_mtime_ns
+    score([str(results), "--data-root", "data"])
+    assert scores.stat().st_mtime_ns == before
+    assert json.loads(scores.read_text())["summary"]["utterances"] == 2
+    score([str(results), "--data-root", "data", "--force"])
+    assert scores.stat().st_mtime_ns != before
