@@ -1,4 +1,7 @@
 import json
+import os
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,6 +53,8 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     assert page.count("<audio") >= 2 * 4 and page.count("<img") >= 4
     assert len(list((results / "plots").glob("*.png"))) >= 4
 
+    check_in_browser(results / "report.html", audio=page.count("<audio"))
+
     # already scored with the same settings: not scored again
     scores = results / "megabyte-tiny-seed0" / "scores.json"
     before = scores.stat().st_mtime_ns
@@ -58,3 +63,51 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     assert json.loads(scores.read_text())["summary"]["utterances"] == 2
     score([str(results), "--data-root", "data", "--force"])
     assert scores.stat().st_mtime_ns != before
+
+
+def check_in_browser(page: Path, *, audio: int) -> None:
+    """Open the report in headless Chromium: tables render, every image and clip loads."""
+    chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("CI"):
+            pytest.fail("CI must install Debian's chromium and chromium-driver (.ci/run does)")
+        pytest.skip("chromium / chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=options)
+    try:
+        browser.set_script_timeout(60)
+        browser.get(page.as_uri())
+        assert browser.title == "PhoneLM report"
+        assert browser.execute_script("return document.querySelectorAll('table').length") >= 3
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert images and all(images)
+        durations = browser.execute_async_script("""
+            const done = arguments[arguments.length - 1];
+            const clips = Array.from(document.querySelectorAll('audio'));
+            Promise.all(clips.map(a => new Promise(resolve => {
+                a.addEventListener('loadedmetadata', () => resolve(a.duration), {once: true});
+                a.addEventListener('error', () => resolve(-1), {once: true});
+                a.load();
+            }))).then(done);
+        """)
+        assert len(durations) == audio and all(d > 0 for d in durations), durations
+    finally:
+        browser.quit()
