@@ -102,3 +102,30 @@ class CodebookHeads(nn.Module):
             logits = logits.clone()
             logits[:, self.stop] = float("-inf")
         return logits
+
+
+class Decoded:
+    """Codes being generated for a batch, with each item's stop decision.
+
+    `codes` [B, K, max_frames]; `record(token, k, frame)` stores a chosen token (a stop on
+    codebook 0 ends that item at `frame`) and says whether every item has stopped.
+    """
+
+    def __init__(self, batch: int, n_codebooks: int, max_frames: int, stop: int, device):
+        self.stop = stop
+        self.codes = torch.zeros(batch, n_codebooks, max_frames, dtype=torch.long, device=device)
+        self.lengths = torch.full((batch,), max_frames, device=device)
+        self.stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+
+    def record(self, token: torch.Tensor, k: int, frame: int) -> bool:
+        if k == 0:
+            now = (token == self.stop) & ~self.stopped
+            self.lengths[now], self.stopped = frame, self.stopped | now
+            if self.stopped.all():
+                return True
+        self.codes[:, k, frame] = token.clamp_max(self.stop - 1)
+        return False
+
+    def result(self):
+        """-> (codes [B, K, F_max] cut to the longest, lengths [B], stopped [B])."""
+        return self.codes[..., : int(self.lengths.max())], self.lengths, self.stopped

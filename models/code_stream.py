@@ -13,7 +13,7 @@ from einops import rearrange
 from torch import nn
 
 from models.base import Generated, ModelConfig
-from models.blocks import CodebookHeads, attention_stack, frame_targets, pad_phonemes
+from models.blocks import CodebookHeads, Decoded, attention_stack, frame_targets, pad_phonemes
 
 Choose = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
@@ -66,19 +66,13 @@ class CodeStream(nn.Module):
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
         h, cache = self.stack(x, mask=mask, return_hiddens=True)
         last = h[:, -1]
-        out = torch.zeros(b, self.k, max_frames, dtype=torch.long, device=ids.device)
-        lengths = torch.full((b,), max_frames, device=ids.device)
-        stopped = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        out = Decoded(b, self.k, max_frames, self.v, ids.device)
         for frame in range(max_frames):
             for k in range(self.k):
-                token = choose(self.heads.one(last, k), k, out[:, k, :frame])
-                if k == 0:
-                    now = (token == self.v) & ~stopped
-                    lengths[now], stopped = frame, stopped | now
-                    if stopped.all():
-                        return out[..., : int(lengths.max())], lengths, stopped
-                token = token.clamp_max(self.v - 1)
-                out[:, k, frame] = token
+                token = choose(self.heads.one(last, k), k, out.codes[:, k, :frame])
+                if out.record(token, k, frame):
+                    return out.result()
+                token = out.codes[:, k, frame]
                 mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
                 h, cache = self.stack(
                     self.code_emb(token + k * self.v)[:, None],
@@ -87,7 +81,7 @@ class CodeStream(nn.Module):
                     return_hiddens=True,
                 )
                 last = h[:, -1]
-        return out, lengths, stopped
+        return out.result()
 
 
 def to_generated(codes: torch.Tensor, lengths: torch.Tensor, stopped: torch.Tensor):

@@ -17,6 +17,7 @@ from torch import nn
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
+    Decoded,
     attention_stack,
     frame_loss,
     frame_targets,
@@ -80,9 +81,7 @@ class MegaByte(Backend):
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
         g, cache = self.global_stack(x, mask=mask, return_hiddens=True)
-        out = torch.zeros(b, cfg.n_codebooks, max_frames, dtype=torch.long, device=dev)
-        lengths = torch.full((b,), max_frames, device=dev)
-        stopped = torch.zeros(b, dtype=torch.bool, device=dev)
+        out = Decoded(b, cfg.n_codebooks, max_frames, cfg.codebook_size, dev)
         for frame in range(max_frames):
             base = self.to_local(g[:, -1])  # [B, E]
             token_emb, local_cache = self.local_start.expand(b, -1), None
@@ -90,23 +89,19 @@ class MegaByte(Backend):
                 h, local_cache = self.local_stack(
                     (base + token_emb)[:, None], cache=local_cache, return_hiddens=True
                 )
-                token = choose(self.heads.one(h[:, -1], k), k, out[:, k, :frame])
-                if k == 0:
-                    now = (token == cfg.codebook_size) & ~stopped
-                    lengths[now], stopped = frame, stopped | now
-                    if stopped.all():
-                        return out[..., : int(lengths.max())], lengths, stopped
-                token = token.clamp_max(cfg.codebook_size - 1)
-                out[:, k, frame] = token
+                token = choose(self.heads.one(h[:, -1], k), k, out.codes[:, k, :frame])
+                if out.record(token, k, frame):
+                    return out.result()
+                token = out.codes[:, k, frame]
                 token_emb = self.local_code_emb(token + k * cfg.codebook_size)
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             g, cache = self.global_stack(
-                self._patches(out[:, :, frame : frame + 1]),
+                self._patches(out.codes[:, :, frame : frame + 1]),
                 mask=mask,
                 cache=cache,
                 return_hiddens=True,
             )
-        return out, lengths, stopped
+        return out.result()
 
     def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
         chooser = Chooser(sampling, device=phonemes[0].device)
