@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -77,20 +78,20 @@ def run_config(args, model: str) -> RunConfig:
 
 
 def check_config(run_dir: Path, cfg: RunConfig) -> None:
-    """A run directory belongs to one config: resuming with another one is an error."""
+    """A run directory belongs to one trained model: resuming it with another data, codec,
+    model, training config or seed is an error. The `generate` section may change: the samples
+    are then made again with the new settings."""
     path = run_dir / "config.json"
-    resolved = dataclasses.asdict(cfg)
+    resolved = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != json.loads(json.dumps(resolved)):
-            changed = sorted(
-                k for k in resolved if saved.get(k) != json.loads(json.dumps(resolved[k]))
-            )
+        changed = sorted(k for k in resolved if k != "generate" and saved.get(k) != resolved[k])
+        if changed:
             raise SystemExit(
                 f"{run_dir} was made with another config (sections {changed} differ); "
                 "use another --out or remove the directory"
             )
-    elif dist.is_main():
+    if dist.is_main():
         write_json(path, resolved)
 
 
@@ -103,8 +104,14 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
     gen = cfg.generate
     samples = run_dir / "samples"
     done_marker = samples / "generation.jsonl"
-    if done_marker.is_file():
-        return json.loads((run_dir / "generation_summary.json").read_text())
+    settings = json.loads(json.dumps(dataclasses.asdict(gen)))
+    summary_path = run_dir / "generation_summary.json"
+    if done_marker.is_file() and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        if summary.get("generate") == settings:
+            return summary
+    if samples.is_dir():
+        shutil.rmtree(samples)  # made with other generation settings
     ds = CodeDataset(prepared.cache_dir, gen.split)
     texts = {u.id: u for u in open_corpus(cfg.data).items}
     ids = ds.ids[: gen.limit]
@@ -153,7 +160,7 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
         "audio_seconds": audio_s,
         "generate_seconds": gen_s,
         "real_time_factor": gen_s / max(audio_s, 1e-9),
-        "sampling": dataclasses.asdict(gen.sampling),
+        "generate": settings,
     }
     write_json(run_dir / "generation_summary.json", summary)
     write_with(

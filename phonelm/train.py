@@ -229,8 +229,11 @@ class Trainer:
         batches = self._batches()
         self.model.train()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not dist.is_main())
-        start, codes_seen, out_of_time = time.perf_counter() - self.train_seconds, 0, False
-        time_used = 0.0
+        start, codes_seen = time.perf_counter() - self.train_seconds, 0
+        # a resumed run whose time budget is spent trains no further (same on every rank:
+        # train_seconds comes from the checkpoint)
+        time_used = self.train_seconds / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
+        out_of_time = time_used >= 1.0
         window_start = time.perf_counter()
         while self.step < cfg.steps and not out_of_time:
             lr = lr_at(self.step, cfg, time_used)

@@ -72,9 +72,13 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == len(lines)
     assert again["steps"] == 6 and again["test"] == result["test"]
 
-    # another config in the same run directory is refused
+    # another config in the same run directory is refused ...
     with pytest.raises(SystemExit, match="another config"):
         run(tiny_args(model, tmp_path, data_root, "train.lr=0.5"))
+    # ... but other generation settings only make the samples again
+    [regen] = run(tiny_args(model, tmp_path, data_root, "generate.limit=1"))
+    assert regen["generation"]["utterances"] == 1 and regen["test"] == result["test"]
+    assert len(list((run_dir / "samples").glob("*.wav"))) == 1
 
     # the run speaks arbitrary text, and refuses text it cannot speak
     [wav] = synthesize(
