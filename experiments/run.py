@@ -98,7 +98,6 @@ def check_config(run_dir: Path, cfg: RunConfig) -> None:
 @torch.no_grad()
 def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> dict:
     """Generate the split's sentences: wavs, codes and one JSON line per utterance."""
-    from phonelm.corpus import read_ljspeech  # noqa: F401  (texts come from the corpus)
     from phonelm.dataset import CodeDataset, open_corpus
 
     gen = cfg.generate
