@@ -1,6 +1,10 @@
 """Fast, deterministic k-means and greedy residual vector quantisation in plain torch."""
 
+import warnings
+
 import torch
+
+MIN_FRAMES_PER_ENTRY = 4
 
 
 def _nearest(x: torch.Tensor, centroids: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
@@ -43,8 +47,17 @@ def fit_residual_codebooks(
 ) -> torch.Tensor:
     """Greedy residual VQ: level l is k-means on the residual of levels < l.
 
-    x [N, D] -> codebooks [levels, size, D].
+    x [N, D] -> codebooks [levels, size, D]. With fewer than MIN_FRAMES_PER_ENTRY frames per entry
+    the first level all but memorises the data, the residuals left for deeper levels are mostly
+    zero, and their codebooks collapse onto a handful of entries: that is warned about.
     """
+    if x.shape[0] < MIN_FRAMES_PER_ENTRY * size:
+        warnings.warn(
+            f"fitting {levels} codebooks of {size} entries on only {x.shape[0]} frames "
+            f"(want >= {MIN_FRAMES_PER_ENTRY * size}): deeper levels will use few entries; "
+            "fit on more audio",
+            stacklevel=3,
+        )
     residual = x.float().clone()
     books = []
     for level in range(levels):
