@@ -37,9 +37,10 @@ def read_ct2(parts: Sequence[str | Path]) -> dict[str, np.ndarray]:
 
     def take(fmt: str):
         nonlocal pos
-        need(struct.calcsize("<" + fmt))
+        size = struct.calcsize("<" + fmt)
+        need(size)
         values = struct.unpack_from("<" + fmt, data, pos)
-        pos += struct.calcsize("<" + fmt)
+        pos += size
         return values
 
     def string() -> str:
