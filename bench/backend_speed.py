@@ -2,7 +2,8 @@
 
     python bench/backend_speed.py --preset cpu [--steps 5] [--frames 150] [--batch 4]
 
-Training: codes/s over `steps` optimiser steps on real batches of the preset's cached dataset.
+Training: codes/s (K x real frames) and model FLOPs/s (models/flops.py) over `steps` optimiser
+steps on real batches of the preset's cached dataset.
 Generation: an untrained model of each backend (it does not stop early) generates `frames`
 frames for `batch` test sentences with KV caching; RTF = compute seconds / audio seconds.
 """
@@ -14,6 +15,7 @@ import time
 import torch
 
 from experiments.presets import preset
+from models.flops import train_step_flops
 from models.registry import BACKENDS, build_backend
 from phonelm.dataset import prepare
 from phonelm.sampling import Sampling
@@ -38,37 +40,50 @@ def main() -> None:
             dataclasses.replace(cfg.model, n_codebooks=prepared.codec.n_codebooks)
         )
         opt = optimizer_for(model, cfg.train)
-        ds, _, loader = loader_for(prepared.cache_dir, "train", cfg.train, 75.0, shuffle=True)
+        ds, _, loader = loader_for(
+            prepared.cache_dir,
+            "train",
+            cfg.train,
+            cfg.data,
+            prepared.codec.frame_rate,
+            shuffle=True,
+        )
         batches = iter(loader)
         next(batches)  # warm-up batch excluded
-        codes, start = 0, time.perf_counter()
+        codes, flops, start = 0, 0, time.perf_counter()
         for _ in range(args.steps):
-            out = model(next(batches))
+            batch = next(batches)
+            out = model(batch)
             opt.zero_grad()
             out.loss.backward()
             opt.step()
-            codes += int(out.count.sum())
-        train_rate = codes / (time.perf_counter() - start)
+            codes += batch.codes.shape[1] * int(batch.code_lengths.sum())  # K x real frames
+            flops += train_step_flops(model, batch)
+        seconds = time.perf_counter() - start
+        train_rate, flop_rate = codes / seconds, flops / seconds
         model.eval()
         phonemes = [ds[i].phonemes for i in range(args.batch)]
         start = time.perf_counter()
-        outs = model.generate(phonemes, max_frames=args.frames, sampling=Sampling(seed=0))
+        outs = model.generate(
+            phonemes, max_frames=args.frames, sampling=Sampling(), seeds=list(range(args.batch))
+        )
         seconds = time.perf_counter() - start
         audio = sum(o.codes.shape[1] for o in outs) / prepared.codec.frame_rate
-        rows.append((name, model.num_params(), train_rate, seconds / max(audio, 1e-9)))
+        rtf = seconds / max(audio, 1e-9)
+        rows.append((name, model.num_params(non_embedding=True), train_rate, flop_rate, rtf))
     base = rows[[r[0] for r in rows].index("valle")]
     print(
         f"preset {args.preset}, {args.threads} threads, generation of {args.batch} x "
         f"{args.frames} frames"
     )
     print(
-        f"{'backend':>9} {'params':>9} {'train codes/s':>14} {'gen RTF':>8} "
-        f"{'train vs valle':>15} {'gen vs valle':>13}"
+        f"{'backend':>9} {'non-emb params':>15} {'train codes/s':>14} {'train GFLOP/s':>14} "
+        f"{'gen RTF':>8} {'train vs valle':>15} {'gen vs valle':>13}"
     )
-    for name, params, rate, rtf in rows:
+    for name, params, rate, flop_rate, rtf in rows:
         print(
-            f"{name:>9} {params / 1e6:>8.2f}M {rate:>14.0f} {rtf:>8.2f} "
-            f"{rate / base[2]:>14.2f}x {base[3] / rtf:>12.2f}x"
+            f"{name:>9} {params / 1e6:>14.2f}M {rate:>14.0f} {flop_rate / 1e9:>14.2f} {rtf:>8.2f} "
+            f"{rate / base[2]:>14.2f}x {base[4] / rtf:>12.2f}x"
         )
 
 

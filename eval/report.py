@@ -13,6 +13,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import soundfile as sf  # noqa: E402
 
+from eval.stats import mean_ci  # noqa: E402
 from phonelm.audio import conform, load_audio  # noqa: E402
 from phonelm.io import write_text  # noqa: E402
 
@@ -22,13 +23,18 @@ MAIN_COLUMNS = [
     "preset",
     "seed",
     "params_M",
+    "non_embedding_params_M",
     "steps",
+    "codes_seen",
+    "flops",
     "train_min",
+    "cpu_min",
     "wer",
     "cer",
     "insertion_rate",
     "loop_rate",
     "code_repetition",
+    "code_repetition_cb1",
     "transcript_repetition",
     "duration_ratio",
     "bits_per_code",
@@ -36,7 +42,8 @@ MAIN_COLUMNS = [
     "gen_rtf",
     "train_codes_per_s",
 ]
-INTEGER_COLUMNS = {"seed", "steps"}
+INTEGER_COLUMNS = {"seed", "steps", "codes_seen"}
+SCIENTIFIC_COLUMNS = {"flops"}
 AGGREGATED = ["wer", "cer", "bits_per_code", "loop_rate", "code_repetition", "gen_rtf"]
 
 
@@ -49,6 +56,8 @@ def _display(table: pd.DataFrame) -> pd.DataFrame:
             return ""
         if column in INTEGER_COLUMNS:
             return str(int(value))
+        if column in SCIENTIFIC_COLUMNS:
+            return f"{value:.3g}"
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
     return pd.DataFrame({c: [cell(c, v) for v in table[c]] for c in table.columns})
@@ -64,8 +73,6 @@ def _markdown(table: pd.DataFrame) -> str:
 
 
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
-    from eval.score import mean_ci
-
     rows = []
     models = table[table["preset"].notna()]
     for (model, preset), group in models.groupby(["model", "preset"]):
@@ -91,13 +98,21 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         made[name] = path
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    models = table[table["preset"].notna()]
+    seeds = models.groupby("model")["seed"].nunique()
     for ax, metric in zip(axes, ["wer", "cer"], strict=True):
-        sns.barplot(per_utt, x="model", y=metric, errorbar=("ci", 95), ax=ax)
+        # one value per run (seed): the interval is over seeds, the independent replicates
+        summary = [(m, *mean_ci(g[metric])) for m, g in models.groupby("model")]
+        names = [m for m, _, _ in summary]
+        ax.bar(names, [mean for _, mean, _ in summary], color=sns.color_palette()[: len(names)])
+        ax.errorbar(names, [mean for _, mean, _ in summary], yerr=[ci for *_, ci in summary],
+                    fmt="none", ecolor="black", capsize=4)  # fmt: skip
+        sns.stripplot(models, x="model", y=metric, order=names, color="black", size=3, ax=ax)
         refs = table[table["preset"].isna()]
         for _, ref in refs.iterrows():
             ax.axhline(ref[metric], ls="--", lw=1, color="gray")
             ax.text(ax.get_xlim()[1], ref[metric], f" {ref['model']}", va="center", fontsize=7)
-        ax.set_title(f"{metric.upper()} per model (95% CI over utterances)")
+        ax.set_title(f"{metric.upper()}: mean, 95% CI over seeds (max {seeds.max()} seeds)")
     save("wer_cer", fig)
 
     bits = table.filter(regex="^bits_cb").assign(run=table["run"]).dropna(how="all", axis=0)
@@ -115,6 +130,7 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
                 "run": r.name,
                 "step": m["step"],
                 "seconds": m["train_seconds"],
+                "flops": m["flops"],
                 "bits": m["valid_bits_per_code"],
             }
             for r in runs
@@ -123,16 +139,20 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         ]
     )
     if len(curves):
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        sns.lineplot(curves, x="step", y="bits", hue="run", marker="o", ax=axes[0])
-        sns.lineplot(curves, x="seconds", y="bits", hue="run", marker="o", ax=axes[1])
-        axes[0].set_title("validation bits-per-code vs step")
-        axes[1].set_title("validation bits-per-code vs training seconds")
+        fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+        for ax, x, what in zip(
+            axes,
+            ("flops", "step", "seconds"),
+            ("training FLOPs (the matched budget)", "step", "training seconds"),
+            strict=True,
+        ):
+            sns.lineplot(curves, x=x, y="bits", hue="run", marker="o", ax=ax)
+            ax.set_title(f"validation bits-per-code vs {what}", fontsize=9)
         save("validation_curves", fig)
 
     parts = table.melt(
         id_vars="model",
-        value_vars=["loop_rate", "code_repetition", "transcript_repetition"],
+        value_vars=["loop_rate", "code_repetition", "code_repetition_cb1", "transcript_repetition"],
         var_name="part",
         value_name="share",
     )
@@ -165,7 +185,44 @@ def _image_tag(path: Path) -> str:
     return f'<img alt="{path.stem}" src="data:image/png;base64,{data}">'
 
 
-def write_report(out: Path, table, per_utt, runs, references, paired, problems, *, sentences: int):
+NOTES = (
+    "Budgets: every backend of a preset trains to the same model-FLOPs budget (forward + "
+    "backward matmuls counted from the real batches); codes seen, wall and CPU minutes are "
+    "reported beside it, and evaluation and checkpoints count against nothing. Parameters are "
+    "matched on non-embedding counts (totals shown too). Decoding: one policy for every backend "
+    "(codebook 1 and codebooks 2..K each with their own temperature / top-k / top-p), with "
+    "randomness seeded per utterance.",
+    "Repetition: loop rate = share of generations ended by the max-length guard; code "
+    "repetition = share of frames inside a back-to-back repeated pattern of 1-20 frames "
+    "spanning >= 8 frames, on all K codebooks and on codebook 1 alone (cb1); transcript "
+    "repetition = share of words inside an immediately repeated 1-3-gram.",
+    "Bits-per-code: only the total over all codebooks (and bits per second) compares "
+    "backends. Per-codebook bits depend on each factorisation's conditioning: MegaByte and flat "
+    "predict codebook k of a frame from codebooks < k of that frame and all earlier frames, "
+    "while VALL-E's NAR predicts codebook k of every frame from codebooks < k of all frames, "
+    "future frames included, so its codebooks 2..K see more context and its codebook 1 less. "
+    "The total is comparable because each backend's per-codebook terms are the factors of one "
+    "valid chain-rule decomposition of the same joint probability of the utterance's codes.",
+    "Tests: per seed, Wilcoxon signed-rank on per-utterance WER for each pair (same "
+    "sentences), Holm-corrected across pairs; with >= 3 seeds, a paired t-test on per-seed mean "
+    "WER, Holm-corrected. Intervals are over seeds, never over utterance x seed.",
+)
+
+
+def _tests_md(tests: dict) -> list[str]:
+    md = ["\n## Paired tests on per-utterance WER, per seed (Wilcoxon, Holm)\n"]
+    utt, seeds = tests["utterances"], tests["seeds"]
+    md.append(utt.to_markdown(index=False, floatfmt=".4f") if len(utt) else "(one backend only)")
+    md.append("\n## Seed-level paired tests on mean WER (t-test, Holm)\n")
+    md.append(
+        seeds.to_markdown(index=False, floatfmt=".4f")
+        if len(seeds)
+        else "(needs >= 3 seeds of two backends)"
+    )
+    return md
+
+
+def write_report(out: Path, table, per_utt, runs, references, tests, problems, *, sentences: int):
     shown = table[[c for c in MAIN_COLUMNS if c in table.columns] + ["asr"]]
     asr = table["asr"].iloc[0]
     md = [
@@ -174,13 +231,10 @@ def write_report(out: Path, table, per_utt, runs, references, paired, problems, 
         _markdown(shown.drop(columns="asr")),
         "\n## Over seeds (mean ± 95% CI)\n",
         seed_summary(table).to_markdown(index=False),
-        "\n## Paired tests on per-utterance WER (Wilcoxon signed-rank)\n",
-        paired.to_markdown(index=False, floatfmt=".4f") if len(paired) else "(one backend only)",
-        "\nRepetition: loop rate = share of generations ended by the max-length guard; code "
-        "repetition = share of frames inside a back-to-back repeated pattern of 1-20 frames "
-        "spanning >= 8 frames; transcript repetition = share of words inside an immediately "
-        "repeated 1-3-gram. Bits-per-code for VALL-E codebooks 2..K is its NAR's "
-        "teacher-forced NLL.\n",
+        *_tests_md(tests),
+        "\n## How to read these numbers\n",
+        *(f"- {note}" for note in NOTES),
+        "",
     ]
     if problems:
         md.append("\n## Skipped run directories\n" + "\n".join(f"- {p}" for p in problems) + "\n")
@@ -190,9 +244,7 @@ def write_report(out: Path, table, per_utt, runs, references, paired, problems, 
     by_run = {run.name: run for run in runs}
     ids = sorted({u["id"] for u in per_utt.to_dict("records")})[:sentences]
     ref_dirs = [out / "references" / key for key in references]
-    from eval.score import corpus_of
-
-    corpora = {name: corpus_of(run) for name, run in by_run.items()}
+    corpora = {name: run.corpus() for name, run in by_run.items()}
     rows_html = []
     for uid in ids:
         utt = per_utt[per_utt["id"] == uid]
@@ -213,7 +265,14 @@ def write_report(out: Path, table, per_utt, runs, references, paired, problems, 
             )
         rows_html.append(f"<tr><td>{text}</td>{''.join(cells)}</tr>")
     runs_html = _display(shown).to_html(index=False)
-    paired_html = paired.to_html(index=False) if len(paired) else "<p>one backend only</p>"
+    paired_html = "".join(
+        f"<h3>{title}</h3>" + (t.to_html(index=False) if len(t) else "<p>not available</p>")
+        for title, t in (
+            ("per seed, per-utterance WER (Wilcoxon, Holm)", tests["utterances"]),
+            ("over seeds, mean WER (paired t-test, Holm)", tests["seeds"]),
+        )
+    )
+    notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in NOTES)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PhoneLM report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px;font-size:13px;vertical-align:top}}
@@ -221,7 +280,8 @@ img{{max-width:100%}}</style>
 </head><body><h1>PhoneLM report</h1><p>ASR: {html.escape(asr)}</p>
 <h2>Runs and references</h2>{runs_html}
 <h2>Over seeds</h2>{seed_summary(table).to_html(index=False)}
-<h2>Paired tests (per-utterance WER)</h2>{paired_html}
+<h2>Paired tests</h2>{paired_html}
+<h2>How to read these numbers</h2><ul>{notes_html}</ul>
 <h2>Plots</h2>{"".join(_image_tag(p) for p in plots.values())}
 <h2>Sentences</h2><table id="sentences">{"".join(rows_html)}</table></body></html>"""
     write_text(out / "report.html", page)

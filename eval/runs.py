@@ -8,7 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 from phonelm.codecs import Codec, build_codec
-from phonelm.config import CodecConfig
+from phonelm.config import CodecConfig, DataConfig
+from phonelm.corpus import EmbeddedSettings
+from phonelm.dataset import open_corpus
 
 REQUIRED = ["config.json", "test_metrics.json", "codec.json", "samples/generation.jsonl",
             "samples/codes.safetensors"]  # fmt: skip
@@ -30,6 +32,12 @@ class Run:
     @property
     def name(self) -> str:
         return self.path.name
+
+    def corpus(self) -> dict:
+        """utterance id -> corpus item (text, wav path) of the run's corpus."""
+        data = dict(self.config["data"])
+        data["embedded"] = EmbeddedSettings(**data["embedded"])
+        return {u.id: u for u in open_corpus(DataConfig(**data)).items}
 
     def codec(self) -> Codec:
         codec = build_codec(CodecConfig(**json.loads((self.path / "codec.json").read_text())))

@@ -14,7 +14,6 @@ directories are reported and skipped.
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -25,13 +24,11 @@ from eval.asr import Asr
 from eval.metrics import error_rates, normalize_transcript
 from eval.repetition import code_repetition, loop_rate, transcript_repetition
 from eval.runs import Run, RunError, find_runs, load_run
+from eval.stats import seed_tests, utterance_tests
 from phonelm.audio import conform, load_audio, save_audio
-from phonelm.config import DataConfig
-from phonelm.corpus import EmbeddedSettings
-from phonelm.dataset import open_corpus
 from phonelm.io import digest, write_json, write_text
 
-SCORE_VERSION = 1
+SCORE_VERSION = 2
 
 
 def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
@@ -44,6 +41,7 @@ def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
         "insertions": rates.insertions,
         "words": rates.reference_words,
         "code_repetition": code_repetition(codes),
+        "code_repetition_cb1": code_repetition(codes[:1]),
         "transcript_repetition": transcript_repetition(normalize_transcript(hyp)),
         **extra,
     }
@@ -60,15 +58,10 @@ def _pooled(utts: list[dict]) -> dict:
         "insertions": rates.insertions,
         "insertion_rate": rates.insertions / max(1, rates.reference_words),
         "code_repetition": mean("code_repetition"),
+        "code_repetition_cb1": mean("code_repetition_cb1"),
         "transcript_repetition": mean("transcript_repetition"),
         "utterances": len(utts),
     }
-
-
-def corpus_of(run: Run):
-    data = dict(run.config["data"])
-    data["embedded"] = EmbeddedSettings(**data["embedded"])
-    return {u.id: u for u in open_corpus(DataConfig(**data)).items}
 
 
 def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
@@ -77,7 +70,7 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
         saved = json.loads(cache.read_text())
         if saved.get("key") == key:
             return saved
-    corpus, codec = corpus_of(run), run.codec()
+    corpus, codec = run.corpus(), run.codec()
     utts = []
     for g in run.generations:
         wav, sr = load_audio(run.path / "samples" / f"{g['id']}.wav")
@@ -127,7 +120,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
             if saved.get("key") == key and saved.get("ids") == ids:
                 results[group_key] = saved
                 continue
-        corpus, codec = corpus_of(members[0]), members[0].codec()
+        corpus, codec = members[0].corpus(), members[0].codec()
         rows = {"ground truth": [], "codec resynthesis": []}
         for uid in ids:
             u = corpus[uid]
@@ -162,6 +155,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
 
 
 def run_row(run: Run, scores: dict) -> dict:
+    """One table row: what the run cost (steps, codes, FLOPs, time) and how it scored."""
     test, cfg = run.test_metrics, run.config
     k = cfg["model"]["n_codebooks"]
     train_rates = [m["train_codes_per_s"] for m in run.metrics if "train_codes_per_s" in m]
@@ -171,11 +165,15 @@ def run_row(run: Run, scores: dict) -> dict:
         "preset": cfg["preset"],
         "seed": cfg["seed"],
         "params_M": test["params"] / 1e6,
+        "non_embedding_params_M": test["params_non_embedding"] / 1e6,
         "steps": test["steps"],
+        "codes_seen": test["codes_seen"],
+        "flops": test["flops"],
         "train_min": test["train_seconds"] / 60,
+        "cpu_min": test["cpu_seconds"] / 60,
         **scores["summary"],
         "bits_per_code": test["test"]["bits_per_code"],
-        "bits_per_second": test["test"]["bits_per_code"] * k * 75.0,
+        "bits_per_second": test["test"]["bits_per_code"] * k * test["frame_rate"],
         "stop_bits": test["test"]["stop_bits"],
         "gen_rtf": test["generation"]["real_time_factor"],
         "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
@@ -183,42 +181,6 @@ def run_row(run: Run, scores: dict) -> dict:
     for i, bits in enumerate(test["test"]["bits_per_code_by_codebook"], start=1):
         row[f"bits_cb{i}"] = bits
     return row
-
-
-def mean_ci(values: pd.Series) -> tuple[float, float]:
-    """Mean and 95% CI half-width (Student t over seeds; nan for one seed)."""
-    from scipy import stats
-
-    n = values.count()
-    if n < 2:
-        return float(values.mean()), math.nan
-    return float(values.mean()), float(
-        stats.t.ppf(0.975, n - 1) * values.std(ddof=1) / math.sqrt(n)
-    )
-
-
-def paired_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
-    """Wilcoxon signed-rank on per-utterance WER (mean over seeds) for each backend pair."""
-    from scipy import stats
-
-    table = per_utt.groupby(["model", "id"])["wer"].mean().unstack(0)
-    models, rows = list(table.columns), []
-    for i, a in enumerate(models):
-        for b in models[i + 1 :]:
-            pair = table[[a, b]].dropna()
-            diff = pair[a] - pair[b]
-            p = stats.wilcoxon(pair[a], pair[b]).pvalue if (diff != 0).sum() >= 5 else math.nan
-            rows.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "utterances": len(pair),
-                    "mean_wer_a": pair[a].mean(),
-                    "mean_wer_b": pair[b].mean(),
-                    "wilcoxon_p": p,
-                }
-            )
-    return pd.DataFrame(rows)
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -253,7 +215,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table["asr"] = f"{asr_info['engine']} {asr_info['model']} ({asr_info['weights']})"
     per_utt = pd.DataFrame(
         [
-            {**u, "model": run.config["model"]["name"], "run": run.name}
+            {**u, "model": run.config["model"]["name"], "seed": run.config["seed"], "run": run.name}
             for run in runs
             for u in scores[run.name]["utterances"]
         ]
@@ -267,7 +229,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         per_utt,
         runs,
         references,
-        paired_tests(per_utt),
+        {
+            "utterances": utterance_tests(per_utt),
+            "seeds": seed_tests(table[table["preset"].notna()]),
+        },
         problems,
         sentences=args.report_sentences,
     )

@@ -1,8 +1,16 @@
 """Run configs and the presets: `tiny` (tests, seconds), `cpu` (the CPU benchmark), `paper` (GPU).
 
-Backends are matched in parameter count (±5%) within a preset: each backend's depth is set so
-that its total, embeddings and heads included, lands on the preset's budget (printed at start;
-tests/test_presets.py checks it).
+Within a preset, backends are matched:
+- in non-embedding parameters (±5%): everything but the code/phoneme embeddings and the output
+  heads over codes, whose size follows the vocabulary, not the model. Each backend's depths are
+  set to land there; totals are reported beside them (tests/test_presets.py checks both).
+  VALL-E's split is AR deeper than NAR (cpu: 3 + 2 layers): its AR alone must learn the
+  phoneme -> frame alignment and when to stop, while the NAR refines frames whose timing is set.
+- in training compute: `cpu` ends every backend at the same `train.budget_flops` (model FLOPs
+  counted from the real batches, models/flops.py), sized so that the slowest backend in
+  FLOPs per second trains about 15 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
+- in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
+K is stated once per preset, on the codec; the model takes the codec's K.
 """
 
 from dataclasses import dataclass, field, replace
@@ -21,7 +29,7 @@ class GenerateConfig:
     batch_size: int = 8
     max_seconds: float = 20.0  # max-length guard, also capped by frames_per_phoneme
     frames_per_phoneme: float = 20.0  # ~4x what speech needs: past it, the output is a loop
-    sampling: Sampling = field(default_factory=lambda: Sampling(top_k=50, top_p=0.95))
+    sampling: Sampling = field(default_factory=Sampling)  # the one policy, every backend
 
 
 @dataclass
@@ -35,15 +43,19 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
+# Training compute of every backend at the `cpu` preset: ~15 minutes of the slowest backend in
+# FLOPs per second on 2 CPU cores (measured by bench/backend_speed.py; see the README).
+CPU_BUDGET_FLOPS = 7.0e13
+
 # Per preset: the shared model shape, then each backend's own depths (matched parameter counts).
 _MODELS = {
     "tiny": (
-        ModelConfig(dim=32, heads=1, dim_head=32, ff_mult=2, local_dim=32, local_depth=1),
-        {"megabyte": {"depth": 2}, "valle": {"depth": 1, "nar_depth": 1}, "flat": {"depth": 9}},
+        ModelConfig(dim=32, dim_head=32, ff_mult=2, local_dim=32, local_depth=1),
+        {"megabyte": {"depth": 4}, "valle": {"depth": 3, "nar_depth": 2}, "flat": {"depth": 5}},
     ),
     "cpu": (
         ModelConfig(dim=192, dim_head=48, ff_mult=4, local_dim=128, local_depth=2),
-        {"megabyte": {"depth": 4}, "valle": {"depth": 2, "nar_depth": 2}, "flat": {"depth": 5}},
+        {"megabyte": {"depth": 4}, "valle": {"depth": 3, "nar_depth": 2}, "flat": {"depth": 5}},
     ),
     "paper": (
         ModelConfig(dim=768, dim_head=64, ff_mult=4, local_dim=384, local_depth=4, dropout=0.1),
@@ -53,6 +65,14 @@ _MODELS = {
 
 
 def preset(name: str, model: str, seed: int = 0) -> RunConfig:
+    """The resolved config of `model` at preset `name`; `seed` seeds the model, the data order
+    and the decoding randomness (each utterance's stream derives from it and the utterance id)."""
+    cfg = _preset(name, model, seed)
+    cfg.generate.sampling = replace(cfg.generate.sampling, seed=seed)
+    return cfg
+
+
+def _preset(name: str, model: str, seed: int) -> RunConfig:
     if name not in _MODELS:
         raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(_MODELS)}")
     base, per_model = _MODELS[name]
@@ -63,9 +83,11 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
         return RunConfig(
             preset=name,
             seed=seed,
-            data=DataConfig(embedded=EmbeddedSettings(n_sentences=48), fit_seconds=60),
+            data=DataConfig(
+                embedded=EmbeddedSettings(n_sentences=48), fit_seconds=60, max_seconds=6.0
+            ),
             codec=CodecConfig(name="mel-rvq", n_codebooks=2),
-            model=replace(model_cfg, n_codebooks=2),
+            model=model_cfg,
             train=TrainConfig(
                 steps=20,
                 batch_size=4,
@@ -73,7 +95,6 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
                 warmup_steps=5,
                 eval_every=10,
                 log_every=5,
-                max_seconds=6.0,
                 seed=seed,
             ),
             generate=GenerateConfig(limit=3, batch_size=3, max_seconds=4.0),
@@ -84,15 +105,16 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
             seed=seed,
             data=DataConfig(),
             codec=CodecConfig(name="mel-rvq", n_codebooks=4),
-            model=replace(model_cfg, n_codebooks=4),
+            model=model_cfg,
             train=TrainConfig(
-                steps=3000,
+                steps=100_000,  # the FLOPs budget ends training first
+                budget_flops=CPU_BUDGET_FLOPS,
                 batch_size=8,
                 micro_batch_size=8,
                 lr=2e-3,
                 warmup_steps=30,
                 eval_every=100,
-                max_minutes=15.0,
+                max_minutes=60.0,  # safety cap only
                 seed=seed,
             ),
             generate=GenerateConfig(limit=40),
@@ -102,7 +124,7 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
         seed=seed,
         data=DataConfig(corpus="ljspeech", max_seconds=15.0),
         codec=CodecConfig(name="encodec", weights="pretrained", bandwidth=6.0),
-        model=replace(model_cfg, n_codebooks=8),
+        model=model_cfg,
         train=TrainConfig(
             steps=100_000,
             batch_size=64,

@@ -25,12 +25,13 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from experiments.overrides import apply
-from experiments.presets import RunConfig, preset
+from experiments.presets import GenerateConfig, RunConfig, preset
 from models.registry import BACKENDS, build_backend
 from phonelm import distributed as dist
 from phonelm.audio import save_audio
 from phonelm.dataset import prepare
 from phonelm.io import write_json, write_with
+from phonelm.sampling import utterance_seed
 from phonelm.text import Phonemizer
 from phonelm.train import Trainer, evaluate, load_checkpoint, loader_for, seed_everything
 
@@ -72,9 +73,24 @@ def environment() -> dict:
 
 def run_config(args, model: str) -> RunConfig:
     cfg = preset(args.preset, model, seed=args.seed)
-    extra = [f"train.steps={args.steps}"] if args.steps is not None else []
-    extra += [f"train.max_minutes={args.max_minutes}"] if args.max_minutes is not None else []
+    flags = {
+        "steps": args.steps,
+        "budget_flops": args.budget_flops,
+        "max_minutes": args.max_minutes,
+    }
+    extra = [f"train.{key}={value}" for key, value in flags.items() if value is not None]
     return apply(cfg, extra + list(args.set))
+
+
+def resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
+    """The model takes the codec's K; a model K set to anything else is an error."""
+    if cfg.model.n_codebooks not in (None, codec_k):
+        raise SystemExit(
+            f"model.n_codebooks={cfg.model.n_codebooks} differs from the codec's K={codec_k} "
+            f"(codec {cfg.codec.name}, codec.n_codebooks={cfg.codec.n_codebooks}, "
+            f"codec.bandwidth={cfg.codec.bandwidth}): set K on the codec only"
+        )
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_codebooks=codec_k))
 
 
 def check_config(run_dir: Path, cfg: RunConfig) -> None:
@@ -93,6 +109,12 @@ def check_config(run_dir: Path, cfg: RunConfig) -> None:
             )
     if dist.is_main():
         write_json(path, resolved)
+
+
+def guard_frames(gen: GenerateConfig, phonemes: int, frame_rate: float) -> int:
+    """The max-length guard of one utterance: generate.max_seconds, and at most
+    generate.frames_per_phoneme frames per phoneme of its own text."""
+    return max(1, min(int(gen.max_seconds * frame_rate), int(gen.frames_per_phoneme * phonemes)))
 
 
 @torch.no_grad()
@@ -123,14 +145,13 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
         phonemes = [
             torch.tensor(phonemizer(texts[i].normalized_text).ids, device=device) for i in chunk
         ]
-        guard = min(
-            int(gen.max_seconds * rate), int(gen.frames_per_phoneme * max(len(p) for p in phonemes))
-        )
+        guards = [guard_frames(gen, len(p), rate) for p in phonemes]
+        seeds = [utterance_seed(gen.sampling.seed, uid) for uid in chunk]
         t0 = time.perf_counter()
-        outs = model.generate(phonemes, max_frames=guard, sampling=gen.sampling)
+        outs = model.generate(phonemes, max_frames=guards, sampling=gen.sampling, seeds=seeds)
         seconds = time.perf_counter() - t0
         frames_total = max(1, sum(o.codes.shape[1] for o in outs))
-        for uid, ph, out in zip(chunk, phonemes, outs, strict=True):
+        for uid, ph, out, guard in zip(chunk, phonemes, outs, guards, strict=True):
             audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
             save_audio(samples / f"{uid}.wav", audio, codec.sample_rate)
             codes_out[uid] = out.codes.to(torch.int16).contiguous()
@@ -177,6 +198,7 @@ def run_one(args, model_name: str) -> dict:
     dist.barrier()
     if not dist.is_main():
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
+    cfg = resolve_codebooks(cfg, prepared.codec.n_codebooks)
     run_dir.mkdir(parents=True, exist_ok=True)
     check_config(run_dir, cfg)
     if dist.is_main():
@@ -184,11 +206,12 @@ def run_one(args, model_name: str) -> dict:
         write_json(run_dir / "codec.json", dataclasses.asdict(cfg.codec))
         prepared.codec.save(run_dir / "codec.safetensors")
         write_json(run_dir / "data_manifest.json", prepared.manifest)
-    model = build_backend(dataclasses.replace(cfg.model, n_codebooks=prepared.codec.n_codebooks))
-    params = model.num_params()
+    model = build_backend(cfg.model)
+    params, non_embedding = model.num_params(), model.num_params(non_embedding=True)
     if dist.is_main():
         print(
-            f"[{model_name}] {params / 1e6:.3f}M parameters, preset {cfg.preset}, "
+            f"[{model_name}] {params / 1e6:.3f}M parameters ({non_embedding / 1e6:.3f}M "
+            f"non-embedding), preset {cfg.preset}, "
             f"K={prepared.codec.n_codebooks}, run dir {run_dir}",
             flush=True,
         )
@@ -197,6 +220,7 @@ def run_one(args, model_name: str) -> dict:
         cfg.train,
         cache_dir=prepared.cache_dir,
         run_dir=run_dir,
+        data=cfg.data,
         frame_rate=prepared.codec.frame_rate,
         extra_state={"params": params},
     )
@@ -206,12 +230,14 @@ def run_one(args, model_name: str) -> dict:
         "preset": cfg.preset,
         "seed": cfg.seed,
         "params": params,
+        "params_non_embedding": non_embedding,
+        "frame_rate": prepared.codec.frame_rate,
         **summary,
     }
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trainer.device)
     model.load_state_dict(best["model"])
     _, _, test_loader = loader_for(
-        prepared.cache_dir, "test", cfg.train, prepared.codec.frame_rate, shuffle=False
+        prepared.cache_dir, "test", cfg.train, cfg.data, prepared.codec.frame_rate, shuffle=False
     )
     result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
     result["best_step"] = best["step"]
@@ -228,7 +254,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--preset", default="cpu", help="tiny | cpu | paper")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="optimiser steps (preset default)")
-    ap.add_argument("--max-minutes", type=float, default=None, help="training time budget")
+    ap.add_argument(
+        "--budget-flops", type=float, default=None, help="training compute budget (model FLOPs)"
+    )
+    ap.add_argument(
+        "--max-minutes", type=float, default=None, help="safety cap on training minutes"
+    )
     ap.add_argument("--out", default="results", help="parent of the run directories")
     ap.add_argument(
         "--set",
@@ -252,7 +283,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             bits = r.get("test", {}).get("bits_per_code", float("nan"))
             rtf = r.get("generation", {}).get("real_time_factor", float("nan"))
             print(
-                f"{r['model']:>9}: {r['params'] / 1e6:.3f}M params, {r['steps']} steps in "
+                f"{r['model']:>9}: {r['params_non_embedding'] / 1e6:.3f}M non-embedding params, "
+                f"{r['steps']} steps, {r['codes_seen']} codes, {r['flops']:.3g} FLOPs in "
                 f"{r['train_seconds']:.0f} s, test bits/code {bits:.3f}, generation RTF {rtf:.2f}"
             )
     return results

@@ -1,29 +1,33 @@
-"""Speak arbitrary text with a trained run: its best checkpoint and its codec.
+"""Speak arbitrary text with a trained run: its best checkpoint, its codec and, unless a flag
+says otherwise, its saved generation settings (decoding policy and length guard).
 
 python experiments/synthesize.py RUN_DIR "Any text you like." -o out.wav
-python experiments/synthesize.py RUN_DIR --file lines.txt -o out_dir/ --temperature 0.8
+python experiments/synthesize.py RUN_DIR --file lines.txt -o out_dir/ --coarse-temperature 0.8
 """
 
 import argparse
 import json
 import sys
-from dataclasses import fields
+import typing
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
+from experiments.presets import GenerateConfig
+from experiments.run import guard_frames
 from models.base import ModelConfig
 from models.registry import build_backend
 from phonelm.audio import save_audio
 from phonelm.codecs import build_codec
 from phonelm.config import CodecConfig
-from phonelm.sampling import Sampling
+from phonelm.sampling import GroupSampling, Sampling, utterance_seed
 from phonelm.text import Phonemizer, TextError
 from phonelm.train import load_checkpoint
 
 
 def load_run(run_dir: str | Path):
-    """-> (backend with the best checkpoint, codec) of a run directory."""
+    """-> (backend with the best checkpoint, codec, saved GenerateConfig) of a run directory."""
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "best.pt"
     if not ckpt.is_file():
@@ -35,7 +39,51 @@ def load_run(run_dir: str | Path):
     codec = build_codec(codec_cfg)
     if codec.needs_fit:
         codec.load(run_dir / "codec.safetensors")
-    return model.eval(), codec
+    saved = json.loads((run_dir / "config.json").read_text())["generate"]
+    sampling = saved.pop("sampling")
+    groups = {g: GroupSampling(**sampling.pop(g)) for g in ("coarse", "fine")}
+    generate = GenerateConfig(**saved, sampling=Sampling(**sampling, **groups))
+    return model.eval(), codec, generate
+
+
+def _parser(hint):
+    """str -> value for a field typed `hint` (int, float, or either | None)."""
+    kinds = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+
+    def parse(text: str):
+        if text.lower() == "none" and type(None) in typing.get_args(hint):
+            return None
+        return kinds[0](text)
+
+    parse.__name__ = kinds[0].__name__  # argparse names the type in its errors
+    return parse
+
+
+def _add_sampling_flags(ap: argparse.ArgumentParser) -> None:
+    """One flag per decoding setting; each defaults to the run's saved value."""
+    hints = typing.get_type_hints(GroupSampling)
+    for group, what in (("coarse", "codebook 1"), ("fine", "codebooks 2..K")):
+        for f in fields(GroupSampling):
+            flag = f"--{group}-{f.name.replace('_', '-')}"
+            ap.add_argument(flag, type=_parser(hints[f.name]), help=f"{f.name} for {what}")
+    ap.add_argument("--repetition-aware", action=argparse.BooleanOptionalAction)
+    hints = typing.get_type_hints(Sampling)
+    for name in ("ras_window", "ras_ratio", "seed"):
+        ap.add_argument(f"--{name.replace('_', '-')}", type=_parser(hints[name]))
+
+
+def _sampling(saved: Sampling, args) -> Sampling:
+    """The saved policy with every flag that was given applied."""
+
+    def override(obj, prefix: str = ""):
+        given = {f.name: getattr(args, prefix + f.name, None) for f in fields(obj)}
+        return replace(obj, **{k: v for k, v in given.items() if v is not None})
+
+    return replace(
+        override(saved),
+        coarse=override(saved.coarse, "coarse_"),
+        fine=override(saved.fine, "fine_"),
+    )
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -44,18 +92,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("text", nargs="?", help="text to speak (or --file)")
     ap.add_argument("--file", help="one utterance per line")
     ap.add_argument("-o", "--output", default="out.wav", help="wav file (text) or folder (--file)")
-    ap.add_argument("--max-seconds", type=float, default=20.0)
-    defaults = Sampling()
-    for f in fields(Sampling):
-        kind = type(getattr(defaults, f.name))
-        if kind is bool:
-            ap.add_argument(f"--{f.name.replace('_', '-')}", action="store_true")
-        else:
-            ap.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                type=float if kind is float else int,
-                default=getattr(defaults, f.name),
-            )
+    ap.add_argument("--max-seconds", type=float, help="length guard (default: the run's)")
+    _add_sampling_flags(ap)
     args = ap.parse_args(argv)
     if (args.text is None) == (args.file is None):
         ap.error("give either TEXT or --file")
@@ -66,10 +104,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
         phonemes = [torch.tensor(phonemizer(line).ids) for line in lines]
     except TextError as err:
         sys.exit(f"cannot synthesise: {err}")
-    sampling = Sampling(**{f.name: getattr(args, f.name) for f in fields(Sampling)})
-    model, codec = load_run(args.run_dir)
+    model, codec, generate = load_run(args.run_dir)
+    if args.max_seconds is not None:
+        generate = replace(generate, max_seconds=args.max_seconds)
+    sampling = _sampling(generate.sampling, args)
     outs = model.generate(
-        phonemes, max_frames=int(args.max_seconds * codec.frame_rate), sampling=sampling
+        phonemes,
+        max_frames=[guard_frames(generate, len(p), codec.frame_rate) for p in phonemes],
+        sampling=sampling,
+        seeds=[utterance_seed(sampling.seed, line) for line in lines],
     )
     out = Path(args.output)
     paths = [out] if args.file is None else [out / f"{i:04d}.wav" for i in range(len(lines))]

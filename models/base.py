@@ -6,13 +6,14 @@ codebook, plus the stop decision's NLL, so bits-per-code is computed identically
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from phonelm.batching import Batch
-from phonelm.sampling import Sampling
+from phonelm.sampling import Chooser, Sampling
 from phonelm.text import VOCAB
 
 
@@ -21,14 +22,13 @@ class ModelConfig:
     name: str = "megabyte"
     dim: int = 256
     depth: int = 6
-    heads: int = 4
     dim_head: int = 64
     ff_mult: int = 4
     dropout: float = 0.0
     local_dim: int = 128  # megabyte: local transformer width
     local_depth: int = 2  # megabyte: local transformer depth
     nar_depth: int = 0  # valle: NAR depth (0: same as `depth`)
-    n_codebooks: int = 4  # K, set from the codec
+    n_codebooks: int | None = None  # K: None takes the codec's; another value is an error
     codebook_size: int = 1024
     n_phonemes: int = len(VOCAB)
 
@@ -53,20 +53,64 @@ class Generated:
 
 
 class Backend(nn.Module, ABC):
-    """A phonemes -> codes model. Subclasses: keyword-only constructor from a ModelConfig."""
+    """A phonemes -> codes model. Subclasses: keyword-only constructor from a ModelConfig.
+
+    Subclasses implement `forward` (teacher-forced loss and per-codebook NLL), `decode` (codes
+    for a batch, choosing each code with a `Chooser`) and `forward_flops` (the matmul FLOPs of
+    `forward` on a batch, in the current train/eval mode; see models/flops.py).
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        if not cfg.n_codebooks or cfg.n_codebooks < 1:
+            raise ValueError(f"model.n_codebooks must be a positive K, got {cfg.n_codebooks}")
         self.cfg = cfg
 
     @abstractmethod
     def forward(self, batch: Batch) -> ForwardOutput: ...
 
     @abstractmethod
-    def generate(
-        self, phonemes: list[torch.Tensor], *, max_frames: int, sampling: Sampling
-    ) -> list[Generated]:
-        """Codes for each phoneme sequence ([P] ids), batched; deterministic under sampling.seed."""
+    def decode(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, choose: Chooser):
+        """-> (codes [B, K, F_max], lengths [B], stopped [B]); item b gets at most limits[b]
+        frames. Codebook k of frame f is chosen by `choose(logits, k, f, history)` (or, for a
+        stage filling all frames at once, `choose.all_frames(logits, k)`)."""
 
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+    @abstractmethod
+    def forward_flops(self, batch: Batch) -> int:
+        """Matmul FLOPs of `forward(batch)` in the current mode (models/flops.py)."""
+
+    @torch.no_grad()
+    def generate(
+        self,
+        phonemes: list[torch.Tensor],
+        *,
+        max_frames: Sequence[int] | int,
+        sampling: Sampling,
+        seeds: Sequence[int],
+    ) -> list[Generated]:
+        """Codes for each phoneme sequence ([P] ids), batched. Item i gets at most max_frames[i]
+        frames and its own random stream from seeds[i] (utterance_seed): its codes do not depend
+        on its batch mates."""
+        device = phonemes[0].device
+        n = len(phonemes)
+        limits = [max_frames] * n if isinstance(max_frames, int) else list(max_frames)
+        if len(limits) != n or len(seeds) != n:
+            raise ValueError(
+                f"{n} phoneme sequences need {n} max_frames and seeds, got "
+                f"{len(limits)} and {len(seeds)}"
+            )
+        chooser = Chooser(sampling, torch.tensor(list(seeds), dtype=torch.long, device=device))
+        codes, lengths, stopped = self.decode(
+            phonemes, limits=torch.tensor(limits, device=device), choose=chooser
+        )
+        return [Generated(codes[i, :, : int(lengths[i])].cpu(), bool(stopped[i])) for i in range(n)]
+
+    def num_params(self, *, non_embedding: bool = False) -> int:
+        """All parameters, or only those outside the vocabulary tables: the embeddings of
+        phonemes and codes and the output heads over codes, whose size follows V, not depth."""
+        skip = set()
+        if non_embedding:
+            for module in self.modules():
+                if isinstance(module, nn.Embedding) or getattr(module, "vocabulary_table", False):
+                    skip.update(id(p) for p in module.parameters())
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)

@@ -10,6 +10,10 @@ from x_transformers import Decoder, Encoder
 from models.base import ForwardOutput, ModelConfig
 
 
+def heads_for(dim: int, dim_head: int) -> int:
+    return max(1, dim // dim_head)
+
+
 def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, causal: bool = True):
     """The one block type of the benchmark: pre-norm attention + GLU feed-forward, rotary."""
     dim = dim or cfg.dim
@@ -17,7 +21,7 @@ def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, cau
     return stack(
         dim=dim,
         depth=depth,
-        heads=max(1, dim // cfg.dim_head),
+        heads=heads_for(dim, cfg.dim_head),
         attn_dim_head=cfg.dim_head,
         ff_mult=cfg.ff_mult,
         ff_glu=True,
@@ -82,48 +86,64 @@ def frame_loss(logits: torch.Tensor, targets: torch.Tensor, stop: int) -> Forwar
 
 
 class CodebookHeads(nn.Module):
-    """K output heads, one per codebook, each over V codes + 1 stop class (used only by k = 0)."""
+    """One output head per codebook over V codes, plus a stop class on codebook 0's head when
+    `stop` (the other codebooks' stop logits are -inf)."""
 
-    def __init__(self, dim: int, n_codebooks: int, codebook_size: int):
+    vocabulary_table = True  # not counted in non-embedding parameters (Backend.num_params)
+
+    def __init__(self, dim: int, n_codebooks: int, codebook_size: int, *, stop: bool = True):
         super().__init__()
-        self.stop = codebook_size
-        self.weight = nn.Parameter(torch.randn(n_codebooks, dim, codebook_size + 1) * dim**-0.5)
-        self.bias = nn.Parameter(torch.zeros(n_codebooks, codebook_size + 1))
+        self.stop = codebook_size if stop else None
+        classes = codebook_size + int(stop)
+        self.weight = nn.Parameter(torch.randn(n_codebooks, dim, classes) * dim**-0.5)
+        self.bias = nn.Parameter(torch.zeros(n_codebooks, classes))
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [..., K, D] -> logits [..., K, V + 1]."""
+        """hidden [..., K, D] -> logits [..., K, classes]."""
         logits = torch.einsum("...kd,kdv->...kv", hidden, self.weight) + self.bias
-        return mask_stop(logits, self.stop)
+        return logits if self.stop is None else mask_stop(logits, self.stop)
 
     def one(self, hidden: torch.Tensor, k: int) -> torch.Tensor:
-        """hidden [B, D] for codebook k -> logits [B, V + 1]."""
+        """hidden [B, D] for codebook k -> logits [B, classes]."""
         logits = hidden @ self.weight[k] + self.bias[k]
-        if k > 0:
+        if k > 0 and self.stop is not None:
             logits = logits.clone()
             logits[:, self.stop] = float("-inf")
         return logits
 
+    def per_item(self, hidden: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """hidden [B, F, D], head index [B] -> logits [B, F, classes] (head index[b] for item b)."""
+        return torch.einsum("bfd,bdv->bfv", hidden, self.weight[index]) + self.bias[index, None]
+
 
 class Decoded:
-    """Codes being generated for a batch, with each item's stop decision.
+    """Codes being generated for a batch, with each item's stop decision and length guard.
 
-    `codes` [B, K, max_frames]; `record(token, k, frame)` stores a chosen token (a stop on
-    codebook 0 ends that item at `frame`) and says whether every item has stopped.
+    `codes` [B, K, max(limits)]; `record(token, k, frame)` stores a chosen token (a stop on
+    codebook 0 ends that item at `frame`; an item whose frame reaches its own limit ends there,
+    unstopped) and says whether every item has ended.
     """
 
-    def __init__(self, batch: int, n_codebooks: int, max_frames: int, stop: int, device):
-        self.stop = stop
-        self.codes = torch.zeros(batch, n_codebooks, max_frames, dtype=torch.long, device=device)
-        self.lengths = torch.full((batch,), max_frames, device=device)
-        self.stopped = torch.zeros(batch, dtype=torch.bool, device=device)
+    def __init__(self, limits: torch.Tensor, n_codebooks: int, stop: int):
+        b, self.k, self.stop = limits.shape[0], n_codebooks, stop
+        self.codes = torch.zeros(
+            b, n_codebooks, int(limits.max()), dtype=torch.long, device=limits.device
+        )
+        self.lengths = limits.clone()
+        self.stopped = torch.zeros(b, dtype=torch.bool, device=limits.device)
+        self.ended = limits <= 0
 
     def record(self, token: torch.Tensor, k: int, frame: int) -> bool:
         if k == 0:
-            now = (token == self.stop) & ~self.stopped
-            self.lengths[now], self.stopped = frame, self.stopped | now
-            if self.stopped.all():
+            now = (token == self.stop) & ~self.ended
+            self.lengths[now] = frame
+            self.stopped, self.ended = self.stopped | now, self.ended | now
+            if self.ended.all():
                 return True
         self.codes[:, k, frame] = token.clamp_max(self.stop - 1)
+        if k == self.k - 1:
+            self.ended = self.ended | (self.lengths <= frame + 1)
+            return bool(self.ended.all())
         return False
 
     def result(self):

@@ -5,22 +5,21 @@ codebook 1 alone. Code embeddings and output heads are codebook-specific; codebo
 the extra stop class, predicted where the next frame would start.
 """
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from models.base import Generated, ModelConfig
+from models import flops
+from models.base import ModelConfig
 from models.blocks import CodebookHeads, Decoded, attention_stack, frame_targets, pad_phonemes
-
-Choose = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
+from phonelm.sampling import Chooser
 
 
 class CodeStream(nn.Module):
     def __init__(self, cfg: ModelConfig, *, n_streams: int, depth: int):
         super().__init__()
+        self.cfg, self.depth = cfg, depth
         self.k, self.v = n_streams, cfg.codebook_size
         self.phoneme_emb = nn.Embedding(cfg.n_phonemes, cfg.dim)
         self.code_emb = nn.Embedding(n_streams * cfg.codebook_size, cfg.dim)
@@ -54,11 +53,17 @@ class CodeStream(nn.Module):
         h = F.pad(h, (0, 0, 0, self.k - 1))  # [B, (F + 1) * S, D]
         return self.heads(rearrange(h, "b (f s) d -> b f s d", s=self.k))
 
+    def logits_flops(self, batch: int, phonemes: int, frames: int) -> int:
+        """FLOPs of `logits` for padded shapes [batch, phonemes] and [batch, S, frames]."""
+        length = phonemes + 1 + frames * self.k
+        heads = flops.linear(batch * (frames + 1) * self.k, self.cfg.dim, self.v + 1)
+        return flops.stack(self.cfg, batch=batch, length=length, depth=self.depth) + heads
+
     def targets(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return frame_targets(codes, lengths, self.v)
 
     @torch.no_grad()
-    def decode(self, phonemes: list[torch.Tensor], *, max_frames: int, choose: Choose):
+    def decode(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, choose: Chooser):
         """KV-cached decoding -> (codes [B, S, F_max], lengths [B], stopped [B])."""
         ids, ph_mask = pad_phonemes(phonemes)
         b = ids.shape[0]
@@ -66,10 +71,10 @@ class CodeStream(nn.Module):
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
         h, cache = self.stack(x, mask=mask, return_hiddens=True)
         last = h[:, -1]
-        out = Decoded(b, self.k, max_frames, self.v, ids.device)
-        for frame in range(max_frames):
+        out = Decoded(limits, self.k, self.v)
+        for frame in range(out.codes.shape[-1]):
             for k in range(self.k):
-                token = choose(self.heads.one(last, k), k, out.codes[:, k, :frame])
+                token = choose(self.heads.one(last, k), k, frame, out.codes[:, k, :frame])
                 if out.record(token, k, frame):
                     return out.result()
                 token = out.codes[:, k, frame]
@@ -82,11 +87,3 @@ class CodeStream(nn.Module):
                 )
                 last = h[:, -1]
         return out.result()
-
-
-def to_generated(codes: torch.Tensor, lengths: torch.Tensor, stopped: torch.Tensor):
-    """Batched decode output -> one Generated per item (codes [K, F_b])."""
-    return [
-        Generated(codes[i, :, : int(lengths[i])].cpu(), bool(stopped[i]))
-        for i in range(codes.shape[0])
-    ]

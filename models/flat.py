@@ -5,9 +5,8 @@ import torch
 
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import frame_loss, left_align
-from models.code_stream import CodeStream, to_generated
+from models.code_stream import CodeStream
 from phonelm.batching import Batch
-from phonelm.sampling import Chooser, Sampling
 
 
 class Flat(Backend):
@@ -24,9 +23,9 @@ class Flat(Backend):
         targets = self.stream.targets(batch.codes, batch.code_lengths)
         return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
 
-    def decode(self, phonemes, *, max_frames, choose):
-        return self.stream.decode(phonemes, max_frames=max_frames, choose=choose)
+    def forward_flops(self, batch: Batch) -> int:
+        (b, p), f = batch.phonemes.shape, batch.codes.shape[-1]
+        return self.stream.logits_flops(b, p, f)
 
-    def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
-        chooser = Chooser(sampling, device=phonemes[0].device)
-        return to_generated(*self.decode(phonemes, max_frames=max_frames, choose=chooser))
+    def decode(self, phonemes, *, limits, choose):
+        return self.stream.decode(phonemes, limits=limits, choose=choose)

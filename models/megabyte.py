@@ -14,6 +14,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
@@ -24,9 +25,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
-from models.code_stream import to_generated
 from phonelm.batching import Batch
-from phonelm.sampling import Chooser, Sampling
 
 
 class MegaByte(Backend):
@@ -73,23 +72,34 @@ class MegaByte(Backend):
         targets = frame_targets(batch.codes, batch.code_lengths, self.cfg.codebook_size)
         return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
 
+    def forward_flops(self, batch: Batch) -> int:
+        cfg, e = self.cfg, self.cfg.local_dim
+        (b, p), (k, f) = batch.phonemes.shape, batch.codes.shape[1:]
+        return (
+            flops.linear(b * f, k * e, cfg.dim)  # patch projection
+            + flops.stack(cfg, batch=b, length=p + 1 + f, depth=cfg.depth)  # global
+            + flops.linear(b * (f + 1), cfg.dim, e)  # global -> local width
+            + flops.stack(cfg, batch=b * (f + 1), length=k, depth=cfg.local_depth, dim=e)
+            + flops.linear(b * (f + 1) * k, e, cfg.codebook_size + 1)  # heads
+        )
+
     @torch.no_grad()
-    def decode(self, phonemes, *, max_frames, choose):
+    def decode(self, phonemes, *, limits, choose):
         cfg = self.cfg
         ids, ph_mask = pad_phonemes(phonemes)
-        b, dev = ids.shape[0], ids.device
+        b = ids.shape[0]
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
         g, cache = self.global_stack(x, mask=mask, return_hiddens=True)
-        out = Decoded(b, cfg.n_codebooks, max_frames, cfg.codebook_size, dev)
-        for frame in range(max_frames):
+        out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
+        for frame in range(out.codes.shape[-1]):
             base = self.to_local(g[:, -1])  # [B, E]
             token_emb, local_cache = self.local_start.expand(b, -1), None
             for k in range(cfg.n_codebooks):
                 h, local_cache = self.local_stack(
                     (base + token_emb)[:, None], cache=local_cache, return_hiddens=True
                 )
-                token = choose(self.heads.one(h[:, -1], k), k, out.codes[:, k, :frame])
+                token = choose(self.heads.one(h[:, -1], k), k, frame, out.codes[:, k, :frame])
                 if out.record(token, k, frame):
                     return out.result()
                 token = out.codes[:, k, frame]
@@ -102,7 +112,3 @@ class MegaByte(Backend):
                 return_hiddens=True,
             )
         return out.result()
-
-    def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
-        chooser = Chooser(sampling, device=phonemes[0].device)
-        return to_generated(*self.decode(phonemes, max_frames=max_frames, choose=chooser))

@@ -11,11 +11,11 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
-from models.blocks import attention_stack, frame_loss, left_align, pad_phonemes
-from models.code_stream import CodeStream, to_generated
+from models.blocks import CodebookHeads, attention_stack, frame_loss, left_align, pad_phonemes
+from models.code_stream import CodeStream
 from phonelm.batching import Batch
-from phonelm.sampling import Chooser, Sampling
 
 
 class Valle(Backend):
@@ -26,8 +26,9 @@ class Valle(Backend):
         self.nar_phoneme_emb = nn.Embedding(cfg.n_phonemes, d)
         self.nar_code_emb = nn.Embedding(k * v, d)  # codebook-specific
         self.stage_emb = nn.Embedding(k, d)
-        self.nar = attention_stack(cfg, depth=cfg.nar_depth or cfg.depth, causal=False)
-        self.nar_heads = nn.Parameter(torch.randn(k, d, v) * d**-0.5)  # row 0 unused
+        self.nar_depth = cfg.nar_depth or cfg.depth
+        self.nar = attention_stack(cfg, depth=self.nar_depth, causal=False)
+        self.nar_heads = CodebookHeads(d, k - 1, v, stop=False)  # head s - 1 for stage s
 
     def _nar_logits(self, ids, ph_mask, codes, lengths, stage: torch.Tensor) -> torch.Tensor:
         """Codebook `stage[b]` for every frame from codebooks < stage[b] -> logits [B, F, V]."""
@@ -39,7 +40,7 @@ class Valle(Backend):
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
         x = torch.cat([self.nar_phoneme_emb(ids), frames], dim=1)
         h = self.nar(x, mask=torch.cat([ph_mask, code_mask], dim=1))[:, ids.shape[1] :]
-        return torch.einsum("bfd,bdv->bfv", h, self.nar_heads[stage])
+        return self.nar_heads.per_item(h, stage - 1)
 
     def forward(self, batch: Batch) -> ForwardOutput:
         cfg, codes, lengths = self.cfg, batch.codes, batch.code_lengths
@@ -93,22 +94,23 @@ class Valle(Backend):
             out[:, :f, s, :-1] = self._nar_logits(ids, ph_mask, codes, lengths, stage)
         return out
 
+    def forward_flops(self, batch: Batch) -> int:
+        cfg = self.cfg
+        (b, p), f = batch.phonemes.shape, batch.codes.shape[-1]
+        stages = 1 if self.training else cfg.n_codebooks - 1  # as in `forward`
+        nar = flops.stack(cfg, batch=b, length=p + f, depth=self.nar_depth)
+        nar += flops.linear(b * f, cfg.dim, cfg.codebook_size)
+        return self.ar.logits_flops(b, p, f) + (stages * nar if cfg.n_codebooks > 1 else 0)
+
     @torch.no_grad()
-    def decode(self, phonemes, *, max_frames, choose, nar_choose=None):
-        codes, lengths, stopped = self.ar.decode(phonemes, max_frames=max_frames, choose=choose)
+    def decode(self, phonemes, *, limits, choose):
+        codes, lengths, stopped = self.ar.decode(phonemes, limits=limits, choose=choose)
         b, f = codes.shape[0], codes.shape[-1]
         full = torch.zeros(b, self.cfg.n_codebooks, f, dtype=torch.long, device=codes.device)
         full[:, 0] = codes[:, 0]
         ids, ph_mask = pad_phonemes(phonemes)
         for s in range(1, self.cfg.n_codebooks):
             stage = torch.full((b,), s, device=codes.device)
-            logits = self._nar_logits(ids, ph_mask, full, lengths, stage)
-            full[:, s] = (nar_choose or (lambda x: x.argmax(-1)))(logits)
+            logits = self._nar_logits(ids, ph_mask, full, lengths, stage)  # [B, F, V]
+            full[:, s] = choose.all_frames(logits, s)
         return full, lengths, stopped
-
-    def generate(self, phonemes, *, max_frames: int, sampling: Sampling):
-        chooser = Chooser(sampling, device=phonemes[0].device)
-        decoded = self.decode(
-            phonemes, max_frames=max_frames, choose=chooser, nar_choose=chooser.nar
-        )
-        return to_generated(*decoded)

@@ -1,10 +1,18 @@
 """The one trainer for every backend: same data, optimiser, schedule, logging and checkpoints.
 
-AdamW (weight decay on weight matrices and embeddings only), linear warmup + cosine decay,
-gradient clipping, gradient accumulation from a global batch size, bf16 autocast on CUDA and fp32
-on CPU, periodic validation (loss and bits-per-code per codebook), metrics.jsonl + TensorBoard,
-atomic checkpoints that carry their config (last and best), resume from the run directory.
-Distributed with DistributedDataParallel under torchrun; only rank 0 writes.
+AdamW (weight decay on weight matrices and embeddings only), linear warmup + cosine decay to the
+end of the budget, gradient clipping, gradient accumulation from a global batch size, bf16
+autocast on CUDA and fp32 on CPU, periodic validation (loss and bits-per-code per codebook),
+metrics.jsonl + TensorBoard, atomic checkpoints that carry their config (last and best),
+resume from the run directory. Distributed with DistributedDataParallel under torchrun; only
+rank 0 writes.
+
+Budgets: training ends at `steps` optimiser steps or `budget_flops` model FLOPs (counted by
+models/flops.py from every real batch, summed over processes), whichever comes first, and the
+learning-rate schedule ends there too. `max_minutes` is a safety cap on training time, not the
+matching rule. Time and FLOPs count only training steps (data loading, forward, backward,
+optimiser): evaluation, checkpoints and logging count against nothing. Every log line and the
+summary carry steps, codes seen (K x real frames), FLOPs, training wall time and process CPU time.
 """
 
 import json
@@ -22,16 +30,19 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.base import Backend
+from models.flops import train_step_flops
 from phonelm import distributed as dist
 from phonelm.batching import LengthBucketSampler, collate
+from phonelm.config import DataConfig
 from phonelm.dataset import CodeDataset
 from phonelm.io import write_with
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 2000
-    max_minutes: float | None = None  # stop early (after a final validation) past this
+    steps: int = 2000  # optimiser steps at most
+    budget_flops: float | None = None  # model FLOPs (forward + backward) at most
+    max_minutes: float | None = None  # safety cap on training time (not a matching rule)
     batch_size: int = 16  # global: utterances per optimiser step, over all processes
     micro_batch_size: int = 16  # per process and forward pass (the rest is accumulation)
     lr: float = 1e-3
@@ -43,8 +54,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     eval_every: int = 250
     log_every: int = 10
-    max_seconds: float = 15.0  # longer training utterances are filtered out (counted)
-    max_phonemes: int = 400
     num_workers: int = 0
     seed: int = 0
 
@@ -55,15 +64,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def lr_at(step: int, cfg: TrainConfig, time_used: float = 0.0) -> float:
-    """Linear warmup to cfg.lr, then cosine decay to cfg.lr * min_lr_ratio at the end of the
-    budget: cfg.steps, or cfg.max_minutes if that comes first (time_used: the fraction spent).
-    Under a time budget the warmup also ends once 5% of the time is spent."""
-    warm = max((step + 1) / cfg.warmup_steps, time_used / 0.05) if cfg.warmup_steps else 1.0
-    if warm < 1.0:
-        return cfg.lr * warm
-    done = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, max(time_used, done, 0.0))
+def budget_used(step: int, flops: float, cfg: TrainConfig) -> float:
+    """The fraction of the budget spent: of cfg.steps, or of cfg.budget_flops if that is nearer."""
+    used = step / max(1, cfg.steps)
+    return max(used, flops / cfg.budget_flops) if cfg.budget_flops else used
+
+
+def lr_at(step: int, cfg: TrainConfig, used: float = 0.0) -> float:
+    """Linear warmup over cfg.warmup_steps to cfg.lr, then cosine decay to cfg.lr *
+    min_lr_ratio at the end of the budget (`used`: the fraction spent, from budget_used)."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, used)
     return cfg.lr * (
         cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
     )
@@ -119,12 +131,15 @@ def evaluate(model: Backend, loader: DataLoader, device) -> dict:
     }
 
 
-def loader_for(cache_dir, split: str, cfg: TrainConfig, frame_rate: float, *, shuffle: bool):
+def loader_for(
+    cache_dir, split: str, cfg: TrainConfig, data: DataConfig, frame_rate: float, *, shuffle: bool
+):
+    """Batches of one split, with the data config's length filters applied."""
     ds = CodeDataset(
         cache_dir,
         split,
-        max_frames=int(cfg.max_seconds * frame_rate),
-        max_phonemes=cfg.max_phonemes,
+        max_frames=int(data.max_seconds * frame_rate),
+        max_phonemes=data.max_phonemes,
     )
     sampler = LengthBucketSampler(
         ds.frame_lengths, batch_size=cfg.micro_batch_size, shuffle=shuffle, seed=cfg.seed
@@ -141,6 +156,7 @@ class Trainer:
         *,
         cache_dir,
         run_dir,
+        data: DataConfig,
         frame_rate: float,
         extra_state: dict | None = None,
     ):
@@ -158,9 +174,11 @@ class Trainer:
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.opt = optimizer_for(self.model, cfg)
         self.train_ds, self.sampler, self.train_loader = loader_for(
-            cache_dir, "train", cfg, frame_rate, shuffle=True
+            cache_dir, "train", cfg, data, frame_rate, shuffle=True
         )
-        _, _, self.valid_loader = loader_for(cache_dir, "valid", cfg, frame_rate, shuffle=False)
+        _, _, self.valid_loader = loader_for(
+            cache_dir, "valid", cfg, data, frame_rate, shuffle=False
+        )
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
             if self.device.type == "cuda"
@@ -168,7 +186,8 @@ class Trainer:
         )
         self.extra_state = extra_state or {}
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, float("inf")
-        self.train_seconds = 0.0
+        # totals over all processes, training steps only
+        self.counts = {"codes_seen": 0, "flops": 0.0, "train_seconds": 0.0, "cpu_seconds": 0.0}
         self.ckpt_dir = self.run_dir / "checkpoints"
         if (self.ckpt_dir / "last.pt").is_file():
             self._resume(load_checkpoint(self.ckpt_dir / "last.pt", self.device))
@@ -178,7 +197,7 @@ class Trainer:
         self.opt.load_state_dict(state["optimizer"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best = state["batch_in_epoch"], state["best_valid"]
-        self.train_seconds = state["train_seconds"]
+        self.counts = {key: state[key] for key in self.counts}
         torch.set_rng_state(state["rng"])
 
     def _state(self) -> dict:
@@ -189,7 +208,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "best_valid": self.best,
-            "train_seconds": self.train_seconds,
+            **self.counts,
             "rng": torch.get_rng_state(),
             "model_config": asdict(self.model.cfg),
             "train_config": asdict(self.cfg),
@@ -219,6 +238,61 @@ class Trainer:
                 for i, v in enumerate(value):
                     writer.add_scalar(f"{key}/{i}", v, record["step"])
 
+    def _out_of_budget(self) -> str | None:
+        """Which budget has run out (the same on every rank: counts are global)."""
+        cfg, c = self.cfg, self.counts
+        if self.step >= cfg.steps:
+            return "steps"
+        if cfg.budget_flops is not None and c["flops"] >= cfg.budget_flops:
+            return "flops"
+        if cfg.max_minutes is not None and c["train_seconds"] / self.world >= 60 * cfg.max_minutes:
+            return "max_minutes"
+        return None
+
+    def _train_step(self, batches) -> dict:
+        """One optimiser step; -> its loss, grad norm and counts, summed over all ranks."""
+        cfg = self.cfg
+        wall, cpu = time.perf_counter(), time.process_time()
+        lr = lr_at(self.step, cfg, budget_used(self.step, self.counts["flops"], cfg))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        loss_sum, codes, flops = torch.zeros((), device=self.device), 0, 0
+        for micro in range(self.accum):
+            batch = next(batches).to(self.device)
+            flops += train_step_flops(self.model, batch)
+            codes += batch.codes.shape[1] * int(batch.code_lengths.sum())  # K x real frames
+            sync = micro == self.accum - 1 or self.world == 1
+            with nullcontext() if sync else self.ddp.no_sync(), self.autocast:
+                out = self.ddp(batch)
+                (out.loss / self.accum).backward()
+            loss_sum += out.loss.detach() / self.accum
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.step += 1
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        local = [
+            loss_sum,
+            *(torch.tensor(x, dtype=torch.float64) for x in (codes, flops, wall, cpu)),
+        ]
+        totals = dist.all_reduce_sum(torch.stack([t.double().to(self.device) for t in local]))
+        loss, codes, flops, wall, cpu = totals.tolist()
+        for key, value in zip(self.counts, (codes, flops, wall, cpu), strict=True):
+            self.counts[key] += int(value) if key == "codes_seen" else value
+        return {"loss": loss / self.world, "lr": lr, "grad_norm": float(grad_norm), "codes": codes,
+                "wall": wall / self.world}  # fmt: skip
+
+    def _record(self) -> dict:
+        """The counts every log line carries (time: mean per process; the rest: totals)."""
+        c = self.counts
+        return {
+            "step": self.step,
+            "codes_seen": c["codes_seen"],
+            "flops": c["flops"],
+            "train_seconds": c["train_seconds"] / self.world,
+            "cpu_seconds": c["cpu_seconds"],
+        }
+
     def fit(self) -> dict:
         cfg = self.cfg
         writer = None
@@ -229,62 +303,25 @@ class Trainer:
         batches = self._batches()
         self.model.train()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not dist.is_main())
-        start, codes_seen = time.perf_counter() - self.train_seconds, 0
-        # a resumed run whose time budget is spent trains no further (same on every rank:
-        # train_seconds comes from the checkpoint)
-        time_used = self.train_seconds / (60 * cfg.max_minutes) if cfg.max_minutes else 0.0
-        out_of_time = time_used >= 1.0
-        window_start = time.perf_counter()
-        while self.step < cfg.steps and not out_of_time:
-            lr = lr_at(self.step, cfg, time_used)
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=self.device)
-            for micro in range(self.accum):
-                batch = next(batches).to(self.device)
-                sync = micro == self.accum - 1 or self.world == 1
-                with nullcontext() if sync else self.ddp.no_sync(), self.autocast:
-                    out = self.ddp(batch)
-                    (out.loss / self.accum).backward()
-                loss_sum += out.loss.detach() / self.accum
-                codes_seen += int(out.count.sum())
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.step += 1
+        window = {"codes": 0.0, "wall": 0.0}
+        while (stopped_by := self._out_of_budget()) is None:
+            step = self._train_step(batches)
+            window = {key: window[key] + step[key] for key in window}
             bar.update(1)
-            self.train_seconds = time.perf_counter() - start
-            if cfg.max_minutes is not None:  # mean over ranks: every rank decides the same
-                spent = dist.all_reduce_sum(torch.tensor(self.train_seconds, device=self.device))
-                time_used = float(spent) / self.world / (60 * cfg.max_minutes)
-                out_of_time = time_used >= 1.0
             if self.step % cfg.log_every == 0 or self.step == 1:
-                elapsed = time.perf_counter() - window_start
-                codes = torch.tensor(float(codes_seen), device=self.device)
-                totals = dist.all_reduce_sum(torch.stack([loss_sum, codes]))  # over all ranks
-                loss = float(totals[0]) / self.world
                 record = {
-                    "step": self.step,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": float(grad_norm),
-                    "train_codes_per_s": float(totals[1]) / elapsed,
-                    "train_seconds": self.train_seconds,
+                    **self._record(),
+                    "loss": step["loss"],
+                    "lr": step["lr"],
+                    "grad_norm": step["grad_norm"],
+                    "train_codes_per_s": window["codes"] / max(window["wall"], 1e-9),
                 }
                 self._log(record, writer)
-                bar.set_postfix(loss=f"{loss:.3f}")
-                codes_seen, window_start = 0, time.perf_counter()
-            last = self.step == cfg.steps or out_of_time
-            if self.step % cfg.eval_every == 0 or last:
+                bar.set_postfix(loss=f"{step['loss']:.3f}")
+                window = {"codes": 0.0, "wall": 0.0}
+            if self.step % cfg.eval_every == 0 or self._out_of_budget():
                 valid = evaluate(self.model, self.valid_loader, self.device)
-                self._log(
-                    {
-                        "step": self.step,
-                        "train_seconds": self.train_seconds,
-                        **{f"valid_{k}": v for k, v in valid.items()},
-                    },
-                    writer,
-                )
+                self._log({**self._record(), **{f"valid_{k}": v for k, v in valid.items()}}, writer)
                 improved = valid["loss"] < self.best
                 self.best = min(self.best, valid["loss"])
                 if dist.is_main():
@@ -297,8 +334,8 @@ class Trainer:
         if writer is not None:
             writer.close()
         return {
+            **self._record(),
             "steps": self.step,
-            "train_seconds": self.train_seconds,
             "best_valid_loss": self.best,
-            "stopped_by_time": out_of_time,
+            "stopped_by": stopped_by,
         }

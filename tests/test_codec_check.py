@@ -25,7 +25,10 @@ def test_codec_check_scores_original_and_each_k(ljspeech_fixture, tmp_path):
     table = main(args)
     assert list(table["audio"]) == ["original", "mel-rvq", "mel-rvq"]
     assert list(table["codebooks"].fillna(0)) == [0, 1, 2]
-    assert table["wer"].between(0, 3).all() and (table["words"] > 0).all()
+    # bounds a broken ASR (empty or hallucinated transcripts: WER >= ~1) or a codec that decodes
+    # to noise would break: eSpeak speech scores ~0.3 with tiny.en, its mel-rvq resynthesis ~0.35
+    assert table.loc[0, "wer"] <= 0.5 and (table.loc[1:, "wer"] <= 0.75).all(), table["wer"]
+    assert (table["words"] > 0).all()
     assert table.loc[0, "log_mel_l1"] == 0 and (table.loc[1:, "log_mel_l1"] > 0).all()
     assert table["asr_model"].eq("tiny.en").all()
     saved = pd.read_csv(out / "mel-rvq.csv")

@@ -19,7 +19,10 @@ class KnownNll(Backend):
         stops = torch.tensor(batch.codes.shape[0])
         return ForwardOutput(torch.tensor(0.0), nll, count, stops * math.log(2), stops)
 
-    def generate(self, phonemes, *, max_frames, sampling):
+    def decode(self, phonemes, *, limits, choose):
+        raise NotImplementedError
+
+    def forward_flops(self, batch):
         raise NotImplementedError
 
 

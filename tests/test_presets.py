@@ -1,16 +1,41 @@
+from dataclasses import replace
+
 import pytest
 
 from experiments.presets import preset
 from models.registry import BACKENDS, build_backend
 
+K = {"tiny": 2, "cpu": 4, "paper": 8}
+
+
+def built(name: str, model: str):
+    cfg = preset(name, model)
+    assert cfg.model.n_codebooks is None  # K is stated once, on the codec
+    return build_backend(replace(cfg.model, n_codebooks=K[name]))
+
 
 @pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
-def test_backends_are_matched_in_parameters(name):
-    counts = {m: build_backend(preset(name, m).model).num_params() for m in sorted(BACKENDS)}
+def test_backends_are_matched_in_non_embedding_parameters(name):
+    models = {m: built(name, m) for m in sorted(BACKENDS)}
+    counts = {m: model.num_params(non_embedding=True) for m, model in models.items()}
     mean = sum(counts.values()) / len(counts)
     assert all(abs(c / mean - 1) <= 0.05 for c in counts.values()), counts
-    expected = {"tiny": (0.1e6, 0.5e6), "cpu": (2e6, 8e6), "paper": (80e6, 150e6)}[name]
+    expected = {"tiny": (0.03e6, 0.1e6), "cpu": (2e6, 4e6), "paper": (80e6, 150e6)}[name]
     assert all(expected[0] < c < expected[1] for c in counts.values()), counts
+    totals = {m: model.num_params() for m, model in models.items()}
+    assert all(totals[m] > counts[m] for m in models)  # embeddings and heads come on top
+
+
+def test_non_embedding_parameters_leave_out_exactly_the_vocabulary_tables():
+    model = built("cpu", "flat")
+    d, k, v = model.cfg.dim, 4, model.cfg.codebook_size
+    tables = model.cfg.n_phonemes * d + k * v * d + k * d * (v + 1) + k * (v + 1)
+    assert model.num_params() - model.num_params(non_embedding=True) == tables
+
+
+def test_cpu_preset_is_flops_matched():
+    budgets = {preset("cpu", m).train.budget_flops for m in BACKENDS}
+    assert len(budgets) == 1 and budgets.pop() > 0
 
 
 def test_unknown_preset_lists_valid_ones():
@@ -21,8 +46,8 @@ def test_unknown_preset_lists_valid_ones():
 def test_presets_use_the_right_codec():
     assert (
         preset("cpu", "flat").codec.name == "mel-rvq"
-        and preset("cpu", "flat").model.n_codebooks == 4
+        and preset("cpu", "flat").codec.n_codebooks == 4
     )
     paper = preset("paper", "flat")
     assert paper.codec.name == "encodec" and paper.codec.bandwidth == 6.0
-    assert paper.data.corpus == "ljspeech" and paper.model.n_codebooks == 8
+    assert paper.data.corpus == "ljspeech" and paper.codec.bandwidth == 6.0  # K = 8

@@ -2,6 +2,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from experiments.run import main as run
 from experiments.synthesize import main as synthesize
 from models.registry import build_backend
 from phonelm.dataset import prepare
-from phonelm.train import Trainer
+from phonelm.train import Trainer, loader_for
 
 ROOT = Path(__file__).parent.parent
 
@@ -49,6 +51,7 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     run_dir = tmp_path / f"{model}-tiny-seed0"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["name"] == model and config["train"]["steps"] == 6
+    assert config["model"]["n_codebooks"] == 2  # resolved from the codec
     env = json.loads((run_dir / "env.json").read_text())
     assert env["git"] and env["versions"]["torch"] and env["command"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -65,7 +68,14 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
         assert g["stopped"] or g["frames"] == g["guard_frames"]  # the guard is reported
     test = json.loads((run_dir / "test_metrics.json").read_text())
     assert len(test["test"]["bits_per_code_by_codebook"]) == 2 and test["params"] > 0
-    assert result["steps"] == 6
+    assert result["steps"] == 6 and result["stopped_by"] == "steps"
+    assert 0 < test["params_non_embedding"] < test["params"] and test["frame_rate"] == 75.0
+    # every log line carries the counts, growing with the steps
+    counted = [x for x in lines if "loss" in x]
+    for key in ("codes_seen", "flops", "train_seconds", "cpu_seconds"):
+        values = [x[key] for x in counted]
+        assert values == sorted(values) and values[0] > 0, key
+        assert test[key] == pytest.approx(lines[-1][key]), key
 
     # the same command again resumes: no step is trained twice
     [again] = run(tiny_args(model, tmp_path, data_root))
@@ -80,14 +90,25 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     assert regen["generation"]["utterances"] == 1 and regen["test"] == result["test"]
     assert len(list((run_dir / "samples").glob("*.wav"))) == 1
 
-    # the run speaks arbitrary text, and refuses text it cannot speak
-    [wav] = synthesize(
-        [str(run_dir), "Hello there.", "-o", str(tmp_path / "hi.wav"), "--max-seconds", "0.5"]
-    )
+    # the run speaks arbitrary text with its saved decoding policy; flags override it
+    say = [str(run_dir), "Hello there.", "--max-seconds", "0.5", "-o"]
+    [wav] = synthesize([*say, str(tmp_path / "hi.wav")])
     assert wav.stat().st_size > 44
+    saved = ["--coarse-temperature", "1.0", "--coarse-top-k", "50", "--coarse-top-p", "0.95"]
+    [same] = synthesize([*say, str(tmp_path / "same.wav"), *saved, "--fine-temperature", "0"])
+    assert same.read_bytes() == wav.read_bytes()
+    flags = ["--coarse-top-p", "0.9", "--fine-top-k", "none", "--repetition-aware", "--seed", "3"]
+    [other] = synthesize([*say, str(tmp_path / "other.wav"), *flags])
+    assert other.stat().st_size > 44
     with pytest.raises(SystemExit, match="cannot speak"):
         synthesize([str(run_dir), "\U0001f389", "-o", str(tmp_path / "x.wav")])
     assert not (tmp_path / "x.wav").exists()
+
+
+def test_a_model_k_other_than_the_codecs_is_an_error(tmp_path, data_root):
+    with pytest.raises(SystemExit, match="model.n_codebooks=3 differs from the codec's K=2"):
+        run(tiny_args("flat", tmp_path, data_root, "model.n_codebooks=3"))
+    assert not (tmp_path / "flat-tiny-seed0" / "config.json").exists()
 
 
 def test_unknown_model_lists_the_valid_ones(capsys):
@@ -105,10 +126,11 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
     def trainer(run_dir):
         torch.manual_seed(0)
         return Trainer(
-            build_backend(cfg.model),
+            build_backend(replace(cfg.model, n_codebooks=2)),
             cfg.train,
             cache_dir=prepared.cache_dir,
             run_dir=run_dir,
+            data=cfg.data,
             frame_rate=75.0,
         )
 
@@ -194,15 +216,68 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
     assert env_2["world_size"] == 2
 
 
-def test_schedule_warms_up_then_decays_by_steps_or_time():
-    from phonelm.train import TrainConfig, lr_at
+def test_schedule_warms_up_then_decays_to_the_end_of_the_budget():
+    from phonelm.train import TrainConfig, budget_used, lr_at
 
     cfg = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)
-    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(1.0)
-    assert lr_at(10, cfg) == pytest.approx(1.0) and lr_at(100, cfg) == pytest.approx(0.1)
-    assert lr_at(55, cfg) == pytest.approx(0.55)  # half-way down the cosine
-    # a time budget that runs out first ends the cosine at the time limit
-    assert lr_at(20, cfg, time_used=1.0) == pytest.approx(0.1)
-    assert lr_at(20, cfg, time_used=0.5) == pytest.approx(0.55)
-    # ... and its warmup ends once 5% of the time is spent, whatever the step
-    assert lr_at(1, cfg, time_used=0.025) == pytest.approx(0.5)
+    assert lr_at(0, cfg) == pytest.approx(0.1) and lr_at(9, cfg) == pytest.approx(0.1 * 10)
+    assert lr_at(100, cfg, budget_used(100, 0, cfg)) == pytest.approx(0.1)
+    assert lr_at(50, cfg, budget_used(50, 0, cfg)) == pytest.approx(0.55)  # half-way down
+    # a FLOPs budget that runs out first ends the cosine there
+    flops = TrainConfig(steps=100, lr=1.0, warmup_steps=10, min_lr_ratio=0.1, budget_flops=1e9)
+    assert budget_used(20, 5e8, flops) == pytest.approx(0.5)
+    assert lr_at(20, flops, budget_used(20, 5e8, flops)) == pytest.approx(0.55)
+    assert lr_at(20, flops, budget_used(20, 1e9, flops)) == pytest.approx(0.1)
+    assert budget_used(80, 1e8, flops) == pytest.approx(0.8)  # steps nearer than FLOPs
+
+
+def test_a_flops_budget_ends_training_and_only_training_counts(tmp_path, data_root, monkeypatch):
+    """Training stops at the first step that reaches budget_flops; codes seen are K x real
+    frames of the batches trained on (for VALL-E too, whose loss covers 2 of K codebooks);
+    evaluation time counts against nothing."""
+    cfg = preset("tiny", "valle")
+    cfg.data.root = str(data_root)
+    cfg.train.eval_every, cfg.train.log_every = 1, 1
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    model = build_backend(replace(cfg.model, n_codebooks=2))
+    seen, real_flops = [], train_module.train_step_flops
+
+    def recording(model, batch):
+        flops = real_flops(model, batch)
+        seen.append((batch.codes.shape[1] * int(batch.code_lengths.sum()), flops))
+        return flops
+
+    real_evaluate = train_module.evaluate
+
+    def slow_evaluate(*args):
+        time.sleep(1.0)
+        return real_evaluate(*args)
+
+    monkeypatch.setattr(train_module, "train_step_flops", recording)
+    monkeypatch.setattr(train_module, "evaluate", slow_evaluate)
+    first = real_flops(
+        model,
+        next(
+            iter(
+                loader_for(prepared.cache_dir, "train", cfg.train, cfg.data, 75.0, shuffle=True)[2]
+            )
+        ),
+    )
+    cfg.train.budget_flops = 4.5 * first
+    trainer = Trainer(
+        model,
+        cfg.train,
+        cache_dir=prepared.cache_dir,
+        run_dir=tmp_path,
+        data=cfg.data,
+        frame_rate=75.0,
+    )
+    result = trainer.fit()
+    assert result["stopped_by"] == "flops" and result["steps"] < cfg.train.steps
+    assert result["flops"] == pytest.approx(sum(f for _, f in seen))
+    assert result["flops"] >= cfg.train.budget_flops > result["flops"] - seen[-1][1]
+    assert result["codes_seen"] == sum(c for c, _ in seen)
+    evaluations = sum(
+        "valid_loss" in json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    )
+    assert evaluations == result["steps"] >= 2 and result["train_seconds"] < evaluations * 1.0
