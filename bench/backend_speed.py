@@ -15,11 +15,11 @@ import time
 import torch
 
 from experiments.presets import preset
+from experiments.train import loader_for, optimizer_for
 from models.flops import train_step_flops
 from models.registry import BACKENDS, build_backend
 from phonelm.dataset import prepare
 from phonelm.sampling import Sampling
-from phonelm.train import loader_for, optimizer_for
 
 
 def main() -> None:

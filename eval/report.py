@@ -258,7 +258,7 @@ def write_report(out: Path, table, per_utt, runs, references, tests, problems, *
                 cells.append(f"<td>codec resynthesis<br>{_audio_tag(resynth)}</td>")
                 break
         for _, u in utt.iterrows():
-            wav = by_run[u["run"]].path / "samples" / f"{uid}.wav"
+            wav = by_run[u["run"]].dir.wav(uid)
             cells.append(
                 f"<td>{html.escape(u['run'])}<br>{_audio_tag(wav)}<br>"
                 f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"

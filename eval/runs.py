@@ -1,4 +1,5 @@
-"""Reading run directories (written by experiments/run.py) without importing any backend."""
+"""Reading run directories (written by experiments/run.py) without importing any backend;
+the layout and the reading of each file belong to phonelm/run_dir.py."""
 
 import json
 from dataclasses import dataclass
@@ -7,13 +8,11 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from phonelm.codecs import Codec, build_codec
-from phonelm.config import CodecConfig, DataConfig
+from phonelm.codecs import Codec
+from phonelm.config import DataConfig
 from phonelm.corpus import EmbeddedSettings
 from phonelm.dataset import open_corpus
-
-REQUIRED = ["config.json", "test_metrics.json", "codec.json", "samples/generation.jsonl",
-            "samples/codes.safetensors"]  # fmt: skip
+from phonelm.run_dir import RunDir, RunDirError
 
 
 class RunError(ValueError):
@@ -22,7 +21,7 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
-    path: Path
+    dir: RunDir
     config: dict
     test_metrics: dict
     generations: list[dict]
@@ -30,8 +29,12 @@ class Run:
     metrics: list[dict]  # metrics.jsonl
 
     @property
+    def path(self) -> Path:
+        return self.dir.path
+
+    @property
     def name(self) -> str:
-        return self.path.name
+        return self.dir.name
 
     def corpus(self) -> dict:
         """utterance id -> corpus item (text, wav path) of the run's corpus."""
@@ -40,39 +43,32 @@ class Run:
         return {u.id: u for u in open_corpus(DataConfig(**data)).items}
 
     def codec(self) -> Codec:
-        codec = build_codec(CodecConfig(**json.loads((self.path / "codec.json").read_text())))
-        if codec.needs_fit:
-            codec.load(self.path / "codec.safetensors")
-        return codec
+        return self.dir.codec()
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Run directories under root: folders that hold a config.json."""
-    return sorted(p.parent for p in Path(root).glob("*/config.json"))
+    """Candidate run directories under root: every folder in it except the scorer's own
+    (`references`, `plots`); those that are not complete runs are reported by load_run."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in {"references", "plots"})
 
 
 def load_run(path: str | Path) -> Run:
-    path = Path(path)
-    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    run = RunDir(path)
+    needed = [run.config, run.test_metrics, run.codec_config, run.generation, run.codes]
+    missing = [str(p.relative_to(run.path)) for p in needed if not p.is_file()]
     if missing:
-        raise RunError(f"{path}: incomplete run directory, missing {missing}")
+        raise RunError(f"{run.path}: incomplete run directory, missing {missing}")
     try:
-        config = json.loads((path / "config.json").read_text())
-        test_metrics = json.loads((path / "test_metrics.json").read_text())
-        generations = [
-            json.loads(x) for x in (path / "samples" / "generation.jsonl").read_text().splitlines()
-        ]
-        codes = {
-            k: v.long() for k, v in load_file(str(path / "samples" / "codes.safetensors")).items()
-        }
-        metrics_path = path / "metrics.jsonl"
-        metrics = (
-            [json.loads(x) for x in metrics_path.read_text().splitlines()]
-            if metrics_path.is_file()
-            else []
-        )
-    except (json.JSONDecodeError, OSError, RuntimeError, ValueError) as err:
-        raise RunError(f"{path}: corrupt run directory ({err})") from err
+        config = run.read_json(run.config)
+        test_metrics = run.read_json(run.test_metrics)
+        generations = [json.loads(x) for x in run.generation.read_text().splitlines()]
+        codes = {k: v.long() for k, v in load_file(str(run.codes)).items()}
+        metrics = run.read_metrics()
+    except (json.JSONDecodeError, OSError, RuntimeError, ValueError, RunDirError) as err:
+        raise RunError(f"{run.path}: corrupt run directory ({err})") from err
     if {g["id"] for g in generations} != set(codes):
-        raise RunError(f"{path}: samples/codes.safetensors and generation.jsonl disagree")
-    return Run(path, config, test_metrics, generations, codes, metrics)
+        raise RunError(f"{run.path}: samples/codes.safetensors and generation.jsonl disagree")
+    return Run(run, config, test_metrics, generations, codes, metrics)

@@ -64,16 +64,26 @@ def _pooled(utts: list[dict]) -> dict:
     }
 
 
+def cached(path: Path, **expected) -> dict | None:
+    """A score cache, if it is readable JSON made with the expected settings: every cache file
+    is untrusted, and a bad one is scored again, never fatal."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    ok = isinstance(saved, dict) and all(saved.get(k) == v for k, v in expected.items())
+    return saved if ok else None
+
+
 def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
-    cache = run.path / "scores.json"
-    if cache.is_file() and not force:
-        saved = json.loads(cache.read_text())
-        if saved.get("key") == key:
-            return saved
+    cache = run.dir.scores
+    saved = None if force else cached(cache, key=key)
+    if saved is not None:
+        return saved
     corpus, codec = run.corpus(), run.codec()
     utts = []
     for g in run.generations:
-        wav, sr = load_audio(run.path / "samples" / f"{g['id']}.wav")
+        wav, sr = load_audio(run.dir.wav(g["id"]))
         hyp = asr(wav[0], sr) if g["frames"] else ""
         truth = sf.info(str(corpus[g["id"]].wav)).duration
         utts.append(
@@ -105,7 +115,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
         groups.setdefault(
             digest(
                 run.config["data"],
-                json.loads((run.path / "codec.json").read_text()),
+                run.dir.read_json(run.dir.codec_config),
                 run.codec().identity(),
             ),
             [],
@@ -115,11 +125,10 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
         folder = out / "references" / group_key
         cache = folder / "scores.json"
         ids = sorted({g["id"] for run in members for g in run.generations})
-        if cache.is_file() and not force:
-            saved = json.loads(cache.read_text())
-            if saved.get("key") == key and saved.get("ids") == ids:
-                results[group_key] = saved
-                continue
+        saved = None if force else cached(cache, key=key, ids=ids)
+        if saved is not None:
+            results[group_key] = saved
+            continue
         corpus, codec = members[0].corpus(), members[0].codec()
         rows = {"ground truth": [], "codec resynthesis": []}
         for uid in ids:

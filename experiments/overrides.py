@@ -6,6 +6,10 @@ import types
 import typing
 
 
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names it and what was expected."""
+
+
 def _coerce(value: str, current, hint):
     if value.lower() in ("none", "null"):
         return None
@@ -20,8 +24,9 @@ def _coerce(value: str, current, hint):
         return float(parsed)
     if hint is str:
         return value
-    if isinstance(hint, type) and not isinstance(parsed, hint):
-        raise ValueError(f"expected {hint.__name__}, got {value!r}")
+    wrong = isinstance(hint, type) and not isinstance(parsed, hint)
+    if wrong or (hint is int and isinstance(parsed, bool)):
+        raise ConfigError(f"expected {hint.__name__}, got {value!r}")
     return parsed
 
 
@@ -30,24 +35,28 @@ def apply(cfg, assignments: list[str]):
     cfg = dataclasses.replace(cfg)
     for assignment in assignments:
         if "=" not in assignment:
-            raise ValueError(f"override {assignment!r} must look like section.field=value")
+            raise ConfigError(f"override {assignment!r} must look like section.field=value")
         key, value = assignment.split("=", 1)
         *path, last = key.split(".")
         node = cfg
         for part in path:
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"{key!r}: {part!r} is inside a setting, not a config section")
             fields = {f.name for f in dataclasses.fields(node)}
             if part not in fields:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown config section {part!r} in {key!r}; valid: {sorted(fields)}"
                 )
             child = dataclasses.replace(getattr(node, part))
             setattr(node, part, child)
             node = child
+        if not dataclasses.is_dataclass(node):
+            raise ConfigError(f"{key!r}: {path[-1]!r} is a setting, not a config section")
         hints = typing.get_type_hints(type(node))
         if last not in hints:
-            raise ValueError(f"unknown config field {last!r} in {key!r}; valid: {sorted(hints)}")
+            raise ConfigError(f"unknown config field {last!r} in {key!r}; valid: {sorted(hints)}")
         try:
             setattr(node, last, _coerce(value, getattr(node, last), hints[last]))
-        except ValueError as err:
-            raise ValueError(f"override {assignment!r}: {err}") from err
+        except (ValueError, TypeError) as err:  # a dataclass's own check, or a bad value
+            raise ConfigError(f"override {assignment!r}: {err}") from err
     return cfg

@@ -13,13 +13,14 @@ Within a preset, backends are matched:
 K is stated once per preset, on the codec; the model takes the codec's K.
 """
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
+from experiments.overrides import ConfigError
+from experiments.train import TrainConfig
 from models.base import ModelConfig
 from phonelm.config import CodecConfig, DataConfig
 from phonelm.corpus import EmbeddedSettings
-from phonelm.sampling import Sampling
-from phonelm.train import TrainConfig
+from phonelm.sampling import GroupSampling, Sampling
 
 
 @dataclass
@@ -51,17 +52,79 @@ CPU_BUDGET_FLOPS = 7.0e13
 _MODELS = {
     "tiny": (
         ModelConfig(dim=32, dim_head=32, ff_mult=2, local_dim=32, local_depth=1),
-        {"megabyte": {"depth": 4}, "valle": {"depth": 3, "nar_depth": 2}, "flat": {"depth": 5}},
+        {
+            "megabyte": {"depth": 4},
+            "valle": {"depth": 3, "nar_depth": 2},
+            "flat": {"depth": 5},
+            "delay": {"depth": 5},
+        },
     ),
     "cpu": (
         ModelConfig(dim=192, dim_head=48, ff_mult=4, local_dim=128, local_depth=2),
-        {"megabyte": {"depth": 4}, "valle": {"depth": 3, "nar_depth": 2}, "flat": {"depth": 5}},
+        {
+            "megabyte": {"depth": 4},
+            "valle": {"depth": 3, "nar_depth": 2},
+            "flat": {"depth": 5},
+            "delay": {"depth": 5},
+        },
     ),
     "paper": (
         ModelConfig(dim=768, dim_head=64, ff_mult=4, local_dim=384, local_depth=4, dropout=0.1),
-        {"megabyte": {"depth": 11}, "valle": {"depth": 6, "nar_depth": 6}, "flat": {"depth": 12}},
+        {
+            "megabyte": {"depth": 11},
+            "valle": {"depth": 6, "nar_depth": 6},
+            "flat": {"depth": 12},
+            "delay": {"depth": 12},
+        },
     ),
 }
+
+
+def _positive(v) -> bool:
+    return v > 0
+
+
+def _at_least_one(v) -> bool:
+    return v >= 1
+
+
+# (setting, test, what is expected); None always passes (unset optional settings)
+_CHECKS = [
+    *((f"model.{f}", _at_least_one, "an integer >= 1") for f in
+      ("dim", "depth", "dim_head", "ff_mult", "local_dim", "local_depth", "codebook_size")),
+    ("model.nar_depth", lambda v: v >= 0, "an integer >= 0 (0: the same as model.depth)"),
+    ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    *((f"train.{f}", _at_least_one, "an integer >= 1") for f in
+      ("steps", "batch_size", "micro_batch_size", "eval_every", "log_every")),
+    *((f"train.{f}", _positive, "a number > 0") for f in
+      ("lr", "budget_flops", "max_minutes", "grad_clip")),
+    ("train.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("data.max_seconds", _positive, "a number of seconds > 0"),
+    ("data.max_phonemes", _at_least_one, "an integer >= 1"),
+    *((f"data.{f}", lambda v: 0 < v < 0.5, "a fraction in (0, 0.5)") for f in
+      ("valid_fraction", "test_fraction")),
+    ("generate.limit", _at_least_one, "an integer >= 1, or none for the whole split"),
+    ("generate.batch_size", _at_least_one, "an integer >= 1"),
+    ("generate.max_seconds", _positive, "a number of seconds > 0"),
+    ("generate.frames_per_phoneme", _positive, "a number > 0"),
+]  # fmt: skip
+
+
+def check(cfg: RunConfig) -> None:
+    """Every setting a run uses, checked before anything is built or written: ConfigError
+    naming the first bad one and what was expected."""
+    for key, ok, expected in _CHECKS:
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not ok(value):
+            raise ConfigError(f"{key}={value!r}: expected {expected}")
+    for group in ("coarse", "fine"):
+        try:
+            GroupSampling(**asdict(getattr(cfg.generate.sampling, group)))
+        except ValueError as err:
+            raise ConfigError(f"generate.sampling.{group}: {err}") from err
 
 
 def preset(name: str, model: str, seed: int = 0) -> RunConfig:
@@ -74,10 +137,10 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
 
 def _preset(name: str, model: str, seed: int) -> RunConfig:
     if name not in _MODELS:
-        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(_MODELS)}")
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {sorted(_MODELS)}")
     base, per_model = _MODELS[name]
     if model not in per_model:
-        raise ValueError(f"unknown model {model!r}; valid models: {sorted(per_model)}")
+        raise ConfigError(f"unknown model {model!r}; valid models: {sorted(per_model)}")
     model_cfg = replace(base, name=model, **per_model[model])
     if name == "tiny":
         return RunConfig(

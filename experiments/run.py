@@ -24,16 +24,18 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from experiments.overrides import apply
-from experiments.presets import GenerateConfig, RunConfig, preset
+from experiments.overrides import ConfigError, apply
+from experiments.presets import GenerateConfig, RunConfig, check, preset
+from experiments.train import Trainer, evaluate, loader_for, seed_everything
 from models.registry import BACKENDS, build_backend
 from phonelm import distributed as dist
 from phonelm.audio import save_audio
+from phonelm.codecs import CodecError
+from phonelm.corpus import CorpusError
 from phonelm.dataset import prepare
-from phonelm.io import write_json, write_with
+from phonelm.run_dir import RunDir, RunDirError, atomic_save
 from phonelm.sampling import utterance_seed
-from phonelm.text import Phonemizer
-from phonelm.train import Trainer, evaluate, load_checkpoint, loader_for, seed_everything
+from phonelm.text import Phonemizer, TextError
 
 
 def git_hash() -> str:
@@ -85,7 +87,7 @@ def run_config(args, model: str) -> RunConfig:
 def resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
     """The model takes the codec's K; a model K set to anything else is an error."""
     if cfg.model.n_codebooks not in (None, codec_k):
-        raise SystemExit(
+        raise ConfigError(
             f"model.n_codebooks={cfg.model.n_codebooks} differs from the codec's K={codec_k} "
             f"(codec {cfg.codec.name}, codec.n_codebooks={cfg.codec.n_codebooks}, "
             f"codec.bandwidth={cfg.codec.bandwidth}): set K on the codec only"
@@ -93,22 +95,29 @@ def resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_codebooks=codec_k))
 
 
-def check_config(run_dir: Path, cfg: RunConfig) -> None:
+def check_config(run: RunDir, cfg: RunConfig) -> dict:
     """A run directory belongs to one trained model: resuming it with another data, codec,
-    model, training config or seed is an error. The `generate` section may change: the samples
-    are then made again with the new settings."""
-    path = run_dir / "config.json"
+    model, training config or seed is an error (nothing is written here). The `generate`
+    section may change: the samples are then made again with the new settings.
+    -> the resolved config as JSON."""
     resolved = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    if run.config.is_file():
+        saved = run.read_json(run.config)
         changed = sorted(k for k in resolved if k != "generate" and saved.get(k) != resolved[k])
         if changed:
-            raise SystemExit(
-                f"{run_dir} was made with another config (sections {changed} differ); "
+            raise ConfigError(
+                f"{run.path} was made with another config (sections {changed} differ); "
                 "use another --out or remove the directory"
             )
-    if dist.is_main():
-        write_json(path, resolved)
+    return resolved
+
+
+def check_generation(cfg: RunConfig, frame_rate: float) -> None:
+    if int(cfg.generate.max_seconds * frame_rate) < 1:
+        raise ConfigError(
+            f"generate.max_seconds={cfg.generate.max_seconds} allows no frame at "
+            f"{frame_rate:g} frames/s: expected at least {1 / frame_rate:.3g} s"
+        )
 
 
 def guard_frames(gen: GenerateConfig, phonemes: int, frame_rate: float) -> int:
@@ -118,21 +127,21 @@ def guard_frames(gen: GenerateConfig, phonemes: int, frame_rate: float) -> int:
 
 
 @torch.no_grad()
-def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> dict:
+def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device) -> dict:
     """Generate the split's sentences: wavs, codes and one JSON line per utterance."""
     from phonelm.dataset import CodeDataset, open_corpus
 
     gen = cfg.generate
-    samples = run_dir / "samples"
-    done_marker = samples / "generation.jsonl"
     settings = json.loads(json.dumps(dataclasses.asdict(gen)))
-    summary_path = run_dir / "generation_summary.json"
-    if done_marker.is_file() and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
+    if run.generation.is_file() and run.generation_summary.is_file():
+        try:
+            summary = run.read_json(run.generation_summary)
+        except RunDirError:
+            summary = {}  # damaged: made again
         if summary.get("generate") == settings:
             return summary
-    if samples.is_dir():
-        shutil.rmtree(samples)  # made with other generation settings
+    if run.samples.is_dir():
+        shutil.rmtree(run.samples)  # made with other generation settings
     ds = CodeDataset(prepared.cache_dir, gen.split)
     texts = {u.id: u for u in open_corpus(cfg.data).items}
     ids = ds.ids[: gen.limit]
@@ -153,7 +162,7 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
         frames_total = max(1, sum(o.codes.shape[1] for o in outs))
         for uid, ph, out, guard in zip(chunk, phonemes, outs, guards, strict=True):
             audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
-            save_audio(samples / f"{uid}.wav", audio, codec.sample_rate)
+            save_audio(run.wav(uid), audio, codec.sample_rate)
             codes_out[uid] = out.codes.to(torch.int16).contiguous()
             share = seconds * out.codes.shape[1] / frames_total  # batch time, split by frames
             records.append(
@@ -170,7 +179,7 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
                     "real_time_factor": share / max(out.codes.shape[1] / rate, 1e-9),
                 }
             )
-    write_with(samples / "codes.safetensors", lambda tmp: save_file(codes_out, str(tmp)))
+    atomic_save(run.codes, lambda tmp: save_file(codes_out, str(tmp)))
     audio_s = sum(r["audio_seconds"] for r in records)
     gen_s = sum(r["generate_seconds"] for r in records)
     summary = {
@@ -182,48 +191,56 @@ def generate_split(model, cfg: RunConfig, prepared, run_dir: Path, device) -> di
         "real_time_factor": gen_s / max(audio_s, 1e-9),
         "generate": settings,
     }
-    write_json(run_dir / "generation_summary.json", summary)
-    write_with(
-        done_marker, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    )
+    run.write_json(run.generation_summary, summary)
+    lines = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_save(run.generation, lambda tmp: tmp.write_text(lines))
     return summary
 
 
 def run_one(args, model_name: str) -> dict:
+    """Check everything, then train, evaluate and generate. Nothing is written to the run
+    directory until the config, the data, the model and the trainer have all been checked."""
     cfg = run_config(args, model_name)
-    run_dir = Path(args.out) / f"{model_name}-{cfg.preset}-seed{cfg.seed}"
+    check(cfg)
+    run = RunDir(Path(args.out) / f"{model_name}-{cfg.preset}-seed{cfg.seed}")
     seed_everything(cfg.seed)
     if dist.is_main():
         prepared = prepare(cfg.data, cfg.codec)
     dist.barrier()
     if not dist.is_main():
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
+    rate = prepared.codec.frame_rate
     cfg = resolve_codebooks(cfg, prepared.codec.n_codebooks)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    check_config(run_dir, cfg)
-    if dist.is_main():
-        write_json(run_dir / "env.json", environment())
-        write_json(run_dir / "codec.json", dataclasses.asdict(cfg.codec))
-        prepared.codec.save(run_dir / "codec.safetensors")
-        write_json(run_dir / "data_manifest.json", prepared.manifest)
+    check_generation(cfg, rate)
+    resolved = check_config(run, cfg)
     model = build_backend(cfg.model)
     params, non_embedding = model.num_params(), model.num_params(non_embedding=True)
-    if dist.is_main():
+    try:
+        trainer = Trainer(
+            model,
+            cfg.train,
+            cache_dir=prepared.cache_dir,
+            run_dir=run.path,
+            data=cfg.data,
+            frame_rate=rate,
+            extra_state={"params": params},
+        )
+        _, _, test_loader = loader_for(
+            prepared.cache_dir, "test", cfg.train, cfg.data, rate, shuffle=False
+        )
+    except ValueError as err:  # a batch split or a length filter that cannot work
+        raise ConfigError(str(err)) from err
+    if dist.is_main():  # the run can start: now it gets its directory
+        run.write_json(run.config, resolved)
+        run.write_json(run.env, environment())
+        run.save_codec(dataclasses.asdict(cfg.codec), prepared.codec)
+        run.write_json(run.manifest, prepared.manifest)
         print(
             f"[{model_name}] {params / 1e6:.3f}M parameters ({non_embedding / 1e6:.3f}M "
-            f"non-embedding), preset {cfg.preset}, "
-            f"K={prepared.codec.n_codebooks}, run dir {run_dir}",
+            f"non-embedding), preset {cfg.preset}, K={prepared.codec.n_codebooks}, "
+            f"run dir {run.path}",
             flush=True,
         )
-    trainer = Trainer(
-        model,
-        cfg.train,
-        cache_dir=prepared.cache_dir,
-        run_dir=run_dir,
-        data=cfg.data,
-        frame_rate=prepared.codec.frame_rate,
-        extra_state={"params": params},
-    )
     summary = trainer.fit()
     result = {
         "model": model_name,
@@ -231,19 +248,16 @@ def run_one(args, model_name: str) -> dict:
         "seed": cfg.seed,
         "params": params,
         "params_non_embedding": non_embedding,
-        "frame_rate": prepared.codec.frame_rate,
+        "frame_rate": rate,
         **summary,
     }
-    best = load_checkpoint(run_dir / "checkpoints" / "best.pt", trainer.device)
+    best = run.load_checkpoint("best", trainer.device)
     model.load_state_dict(best["model"])
-    _, _, test_loader = loader_for(
-        prepared.cache_dir, "test", cfg.train, cfg.data, prepared.codec.frame_rate, shuffle=False
-    )
     result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
     result["best_step"] = best["step"]
     if dist.is_main():
-        result["generation"] = generate_split(model, cfg, prepared, run_dir, trainer.device)
-        write_json(run_dir / "test_metrics.json", result)
+        result["generation"] = generate_split(model, cfg, prepared, run, trainer.device)
+        run.write_json(run.test_metrics, result)
     dist.barrier()
     return result
 
@@ -276,6 +290,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     dist.init()
     try:
         results = [run_one(args, m) for m in models]
+    except ConfigError as err:  # a usage error: exit 2, one line, no traceback
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
+    except (RunDirError, CorpusError, CodecError, TextError) as err:  # a bad file: exit 1
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
     finally:
         dist.cleanup()
     if dist.is_main():

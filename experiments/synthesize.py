@@ -6,7 +6,6 @@ python experiments/synthesize.py RUN_DIR --file lines.txt -o out_dir/ --coarse-t
 """
 
 import argparse
-import json
 import sys
 import typing
 from dataclasses import fields, replace
@@ -19,27 +18,27 @@ from experiments.run import guard_frames
 from models.base import ModelConfig
 from models.registry import build_backend
 from phonelm.audio import save_audio
-from phonelm.codecs import build_codec
-from phonelm.config import CodecConfig
+from phonelm.run_dir import RunDir, RunDirError
 from phonelm.sampling import GroupSampling, Sampling, utterance_seed
 from phonelm.text import Phonemizer, TextError
-from phonelm.train import load_checkpoint
 
 
-def load_run(run_dir: str | Path):
+def load_trained(path: str | Path):
     """-> (backend with the best checkpoint, codec, saved GenerateConfig) of a run directory."""
-    run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "best.pt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt} not found: is {run_dir} a finished run directory?")
-    state = load_checkpoint(ckpt)
+    run = RunDir(path)
+    if not run.path.is_dir():
+        raise RunDirError(
+            f"{run.path} does not exist: expected a run directory of experiments/run.py"
+        )
+    state = run.load_checkpoint("best")
+    if state is None:
+        raise RunDirError(
+            f"{run.checkpoint('best')} not found: is {run.path} a trained run directory?"
+        )
     model = build_backend(ModelConfig(**state["model_config"]))
     model.load_state_dict(state["model"])
-    codec_cfg = CodecConfig(**json.loads((run_dir / "codec.json").read_text()))
-    codec = build_codec(codec_cfg)
-    if codec.needs_fit:
-        codec.load(run_dir / "codec.safetensors")
-    saved = json.loads((run_dir / "config.json").read_text())["generate"]
+    codec = run.codec()
+    saved = run.read_json(run.config)["generate"]
     sampling = saved.pop("sampling")
     groups = {g: GroupSampling(**sampling.pop(g)) for g in ("coarse", "fine")}
     generate = GenerateConfig(**saved, sampling=Sampling(**sampling, **groups))
@@ -97,14 +96,17 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = ap.parse_args(argv)
     if (args.text is None) == (args.file is None):
         ap.error("give either TEXT or --file")
-    lines = [args.text] if args.file is None else Path(args.file).read_text().splitlines()
+    try:
+        lines = [args.text] if args.file is None else Path(args.file).read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        ap.exit(1, f"cannot read --file {args.file}: {err}\n")
     lines = [line for line in lines if line.strip()] if args.file else lines
     phonemizer = Phonemizer()
     try:
         phonemes = [torch.tensor(phonemizer(line).ids) for line in lines]
-    except TextError as err:
-        sys.exit(f"cannot synthesise: {err}")
-    model, codec, generate = load_run(args.run_dir)
+        model, codec, generate = load_trained(args.run_dir)
+    except (TextError, RunDirError) as err:
+        ap.exit(1, f"cannot synthesise: {err}\n")
     if args.max_seconds is not None:
         generate = replace(generate, max_seconds=args.max_seconds)
     sampling = _sampling(generate.sampling, args)

@@ -1,11 +1,17 @@
 """name -> backend class. Adding a backend: one file in models/ and one line here."""
 
 from models.base import Backend, ModelConfig
+from models.delay import Delay
 from models.flat import Flat
 from models.megabyte import MegaByte
 from models.valle import Valle
 
-BACKENDS: dict[str, type[Backend]] = {"megabyte": MegaByte, "valle": Valle, "flat": Flat}
+BACKENDS: dict[str, type[Backend]] = {
+    "megabyte": MegaByte,
+    "valle": Valle,
+    "flat": Flat,
+    "delay": Delay,
+}
 
 
 def build_backend(cfg: ModelConfig) -> Backend:

@@ -19,7 +19,14 @@ from tqdm import tqdm
 from phonelm.audio import conform, load_audio
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig, DataConfig
-from phonelm.corpus import Corpus, build_embedded, download_ljspeech, read_ljspeech, split_of
+from phonelm.corpus import (
+    Corpus,
+    CorpusError,
+    build_embedded,
+    download_ljspeech,
+    read_ljspeech,
+    split_of,
+)
 from phonelm.io import digest, write_json, write_with
 from phonelm.text import Phonemizer, TextError
 
@@ -38,6 +45,18 @@ def open_corpus(cfg: DataConfig) -> Corpus:
 def split_for(cfg: DataConfig, text: str) -> str:
     """The split of an utterance under this config's fractions."""
     return split_of(text, valid=cfg.valid_fraction, test=cfg.test_fraction)
+
+
+def readable_audio(path: Path, codec: Codec) -> torch.Tensor:
+    """Mono audio at the codec's rate; ValueError naming the file if it cannot be used (too short
+    for one frame: an empty or truncated recording)."""
+    wav = conform(*load_audio(path), codec.sample_rate)
+    if wav.shape[-1] < codec.hop_length:
+        raise ValueError(
+            f"{path}: audio too short ({wav.shape[-1]} samples at {codec.sample_rate} Hz; one "
+            f"frame needs {codec.hop_length})"
+        )
+    return wav
 
 
 def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Codec:
@@ -62,13 +81,13 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Cod
         if seconds >= cfg.fit_seconds:
             break
         try:
-            wav = conform(*load_audio(u.wav), codec.sample_rate)
+            wav = readable_audio(u.wav, codec)
         except ValueError:
             continue  # reported by the cache build
         wavs.append(wav)
         seconds += wav.shape[-1] / codec.sample_rate
     if not wavs:
-        raise ValueError(f"no readable training audio in {corpus.root} to fit codec {codec.name}")
+        raise CorpusError(f"no readable training audio in {corpus.root} to fit codec {codec.name}")
     codec.fit(wavs)
     codec.save(path)
     return codec
@@ -140,7 +159,7 @@ def _write_shard(path: Path, shard, cfg: DataConfig, codec: Codec, phonemizer: P
     for u in shard:
         try:
             ph = phonemizer(u.normalized_text).ids
-            wav, sr = load_audio(u.wav)
+            wav, sr = readable_audio(u.wav, codec), codec.sample_rate
             c = codec.encode(wav, sr)  # [K, F]
         except (TextError, ValueError) as err:
             skipped.append({"id": u.id, "reason": str(err)})

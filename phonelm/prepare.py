@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from phonelm.batching import LengthBucketSampler, collate
+from phonelm.codecs import CodecError
 from phonelm.config import CodecConfig, DataConfig
-from phonelm.corpus import EmbeddedSettings
+from phonelm.corpus import CorpusError, EmbeddedSettings
 from phonelm.dataset import CodeDataset, prepare
 
 
@@ -37,7 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
         name=args.codec, weights=args.weights, bandwidth=args.bandwidth, n_codebooks=args.codebooks
     )
     start = time.perf_counter()
-    prepared = prepare(data, codec)
+    try:
+        prepared = prepare(data, codec)
+    except (CorpusError, CodecError) as err:  # a bad corpus or codec setting: one line
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
     elapsed = time.perf_counter() - start
     m = prepared.manifest
     hours = sum(m["hours"].values())

@@ -167,3 +167,14 @@ def test_manifest_is_json_with_split_hours(ljspeech_fixture, tmp_path):
     m = json.loads((prepared.cache_dir / "manifest.json").read_text())
     assert set(m["hours"]) == {"train", "valid", "test"}
     assert 0 < sum(m["hours"].values()) < 0.01
+
+
+def test_empty_and_too_short_audio_is_skipped_and_named(ljspeech_fixture, tmp_path):
+    sf.write(str(ljspeech_fixture / "wavs" / "T-002.wav"), torch.zeros(0).numpy(), 22_050)
+    sf.write(str(ljspeech_fixture / "wavs" / "T-003.wav"), torch.zeros(100).numpy(), 22_050)
+    m = prepare(config(ljspeech_fixture, tmp_path), CODEC, progress=False).manifest
+    assert sum(m["utterances"].values()) == 4
+    reasons = {s["id"]: s["reason"] for s in m["skipped"]}
+    assert set(reasons) == {"T-002", "T-003"}, reasons
+    assert "T-003.wav" in reasons["T-003"] and "too short" in reasons["T-003"]
+    assert "T-002.wav" in reasons["T-002"]

@@ -3,10 +3,10 @@ import math
 import pytest
 import torch
 
+from experiments.train import evaluate
 from models.base import Backend, ForwardOutput, ModelConfig
 from phonelm.batching import collate
 from phonelm.dataset import Item
-from phonelm.train import evaluate
 
 
 class KnownNll(Backend):

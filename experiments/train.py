@@ -15,13 +15,14 @@ optimiser): evaluation, checkpoints and logging count against nothing. Every log
 summary carry steps, codes seen (K x real frames), FLOPs, training wall time and process CPU time.
 """
 
-import json
 import math
 import random
+import signal
+import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from phonelm import distributed as dist
 from phonelm.batching import LengthBucketSampler, collate
 from phonelm.config import DataConfig
 from phonelm.dataset import CodeDataset
-from phonelm.io import write_with
+from phonelm.run_dir import RunDir
 
 
 @dataclass
@@ -93,12 +94,30 @@ def optimizer_for(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    write_with(path, lambda tmp: torch.save(state, tmp))
+def rng_state() -> dict:
+    """Every random stream training may draw from: torch (CPU and CUDA), Python, NumPy; in
+    types a weights-only checkpoint can hold."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
-def load_checkpoint(path: Path, device="cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=True)
+def set_rng_state(state: dict | torch.Tensor) -> None:
+    if isinstance(state, torch.Tensor):  # checkpoints before Python/NumPy states were kept
+        torch.set_rng_state(state)
+        return
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 @torch.no_grad()
@@ -131,8 +150,34 @@ def evaluate(model: Backend, loader: DataLoader, device) -> dict:
     }
 
 
+def micro_batches(cfg: TrainConfig, world: int) -> tuple[int, int]:
+    """(utterances per forward pass, forward passes per step) for each of `world` processes:
+    each process takes batch_size / world utterances per step, in micro-batches of at most
+    micro_batch_size (the largest size that divides its share)."""
+    if cfg.batch_size < 1 or cfg.micro_batch_size < 1:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} and train.micro_batch_size="
+            f"{cfg.micro_batch_size} must be >= 1"
+        )
+    if cfg.batch_size % world:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} does not split over {world} processes: set "
+            f"train.batch_size to a multiple of {world}"
+        )
+    share = cfg.batch_size // world
+    micro = max(d for d in range(1, min(share, cfg.micro_batch_size) + 1) if share % d == 0)
+    return micro, share // micro
+
+
 def loader_for(
-    cache_dir, split: str, cfg: TrainConfig, data: DataConfig, frame_rate: float, *, shuffle: bool
+    cache_dir,
+    split: str,
+    cfg: TrainConfig,
+    data: DataConfig,
+    frame_rate: float,
+    *,
+    shuffle: bool,
+    micro_batch: int | None = None,
 ):
     """Batches of one split, with the data config's length filters applied."""
     ds = CodeDataset(
@@ -142,10 +187,30 @@ def loader_for(
         max_phonemes=data.max_phonemes,
     )
     sampler = LengthBucketSampler(
-        ds.frame_lengths, batch_size=cfg.micro_batch_size, shuffle=shuffle, seed=cfg.seed
+        ds.frame_lengths,
+        batch_size=micro_batch or cfg.micro_batch_size,
+        shuffle=shuffle,
+        seed=cfg.seed,
     )
-    loader = DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    # the loader's own generator: starting an iterator never draws from torch's global RNG, so
+    # a resumed run's random streams match an uninterrupted one
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=cfg.num_workers,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    if len(ds) == 0:
+        raise ValueError(
+            f"the {split} split is empty after the length filters (data.max_seconds="
+            f"{data.max_seconds}, data.max_phonemes={data.max_phonemes}): {ds.report}"
+        )
     return ds, sampler, loader
+
+
+class Interrupted(SystemExit):
+    """Training stopped by SIGINT / SIGTERM after writing a checkpoint (exit 128 + signal)."""
 
 
 class Trainer:
@@ -160,24 +225,18 @@ class Trainer:
         frame_rate: float,
         extra_state: dict | None = None,
     ):
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.cfg, self.run = cfg, RunDir(run_dir)
         self.device = dist.device()
         self.model = model.to(self.device)
         self.world = dist.world()
-        per_step = cfg.micro_batch_size * self.world
-        if cfg.batch_size % per_step:
-            raise ValueError(
-                f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size "
-                f"x processes = {per_step}"
-            )
-        self.accum = cfg.batch_size // per_step
+        self.micro, self.accum = micro_batches(cfg, self.world)
         self.ddp = DistributedDataParallel(self.model) if self.world > 1 else self.model
         self.opt = optimizer_for(self.model, cfg)
         self.train_ds, self.sampler, self.train_loader = loader_for(
-            cache_dir, "train", cfg, data, frame_rate, shuffle=True
+            cache_dir, "train", cfg, data, frame_rate, shuffle=True, micro_batch=self.micro
         )
         _, _, self.valid_loader = loader_for(
-            cache_dir, "valid", cfg, data, frame_rate, shuffle=False
+            cache_dir, "valid", cfg, data, frame_rate, shuffle=False, micro_batch=self.micro
         )
         self.autocast = (
             torch.autocast("cuda", dtype=torch.bfloat16)
@@ -188,9 +247,12 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, float("inf")
         # totals over all processes, training steps only
         self.counts = {"codes_seen": 0, "flops": 0.0, "train_seconds": 0.0, "cpu_seconds": 0.0}
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        if (self.ckpt_dir / "last.pt").is_file():
-            self._resume(load_checkpoint(self.ckpt_dir / "last.pt", self.device))
+        self.signal: int | None = None
+        state = self.run.load_checkpoint("last", self.device)
+        if state is not None:
+            self._resume(state)
+        if dist.is_main():  # log lines past the checkpoint were trained again: drop them
+            self.run.truncate_metrics(self.step)
 
     def _resume(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -198,7 +260,7 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best = state["batch_in_epoch"], state["best_valid"]
         self.counts = {key: state[key] for key in self.counts}
-        torch.set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
 
     def _state(self) -> dict:
         return {
@@ -209,7 +271,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "best_valid": self.best,
             **self.counts,
-            "rng": torch.get_rng_state(),
+            "rng": rng_state(),
             "model_config": asdict(self.model.cfg),
             "train_config": asdict(self.cfg),
             **self.extra_state,
@@ -229,14 +291,21 @@ class Trainer:
     def _log(self, record: dict, writer) -> None:
         if not dist.is_main():
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run.append_metrics(record)
         for key, value in record.items():
             if isinstance(value, int | float) and key != "step":
                 writer.add_scalar(key, value, record["step"])
             elif isinstance(value, list):
                 for i, v in enumerate(value):
                     writer.add_scalar(f"{key}/{i}", v, record["step"])
+
+    def _checkpoint(self, *, best: bool) -> None:
+        if dist.is_main():
+            state = self._state()
+            self.run.save_checkpoint("last", state)
+            if best:
+                self.run.save_checkpoint("best", state)
+        dist.barrier()
 
     def _out_of_budget(self) -> str | None:
         """Which budget has run out (the same on every rank: counts are global)."""
@@ -271,14 +340,17 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        signalled = float(self.signal or 0)  # any rank's signal stops every rank
         local = [
             loss_sum,
-            *(torch.tensor(x, dtype=torch.float64) for x in (codes, flops, wall, cpu)),
+            *(torch.tensor(x, dtype=torch.float64) for x in (codes, flops, wall, cpu, signalled)),
         ]
         totals = dist.all_reduce_sum(torch.stack([t.double().to(self.device) for t in local]))
-        loss, codes, flops, wall, cpu = totals.tolist()
+        loss, codes, flops, wall, cpu, signalled = totals.tolist()
         for key, value in zip(self.counts, (codes, flops, wall, cpu), strict=True):
             self.counts[key] += int(value) if key == "codes_seen" else value
+        if signalled and self.signal is None:
+            self.signal = signal.SIGTERM  # another rank's
         return {"loss": loss / self.world, "lr": lr, "grad_norm": float(grad_norm), "codes": codes,
                 "wall": wall / self.world}  # fmt: skip
 
@@ -293,13 +365,45 @@ class Trainer:
             "cpu_seconds": c["cpu_seconds"],
         }
 
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def _stop_on_signal(self) -> None:
+        """Write a checkpoint of this step, say where, and exit (128 + signal number)."""
+        self._checkpoint(best=False)
+        name = signal.Signals(self.signal).name
+        if dist.is_main():
+            print(
+                f"\n{name} at step {self.step}: checkpoint written to "
+                f"{self.run.checkpoint('last')}; run the same command to resume",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise Interrupted(128 + int(self.signal))
+
     def fit(self) -> dict:
-        cfg = self.cfg
-        writer = None
+        """Train to the end of the budget. SIGINT / SIGTERM end the current step, write a
+        checkpoint and exit (Interrupted); the same command resumes."""
+        handlers, writer = {}, None
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                handlers[signum] = signal.signal(signum, self._on_signal)
         if dist.is_main():
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            writer = SummaryWriter(str(self.run.tensorboard))
+        try:
+            return self._fit(writer)
+        finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+            if writer is not None:
+                writer.close()
+
+    def _fit(self, writer) -> dict:
+        cfg = self.cfg
         batches = self._batches()
         self.model.train()
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not dist.is_main())
@@ -308,6 +412,9 @@ class Trainer:
             step = self._train_step(batches)
             window = {key: window[key] + step[key] for key in window}
             bar.update(1)
+            if self.signal is not None:
+                bar.close()
+                self._stop_on_signal()
             if self.step % cfg.log_every == 0 or self.step == 1:
                 record = {
                     **self._record(),
@@ -324,15 +431,8 @@ class Trainer:
                 self._log({**self._record(), **{f"valid_{k}": v for k, v in valid.items()}}, writer)
                 improved = valid["loss"] < self.best
                 self.best = min(self.best, valid["loss"])
-                if dist.is_main():
-                    state = self._state()
-                    save_checkpoint(self.ckpt_dir / "last.pt", state)
-                    if improved:
-                        save_checkpoint(self.ckpt_dir / "best.pt", state)
-                dist.barrier()
+                self._checkpoint(best=improved)
         bar.close()
-        if writer is not None:
-            writer.close()
         return {
             **self._record(),
             "steps": self.step,

@@ -1,0 +1,164 @@
+"""The run directory: its layout and every read and write of it, in one place.
+
+    <out>/<model>-<preset>-seed<seed>/
+        config.json            resolved RunConfig (written once the run can start)
+        env.json               git hash, versions, command, world size
+        codec.json             CodecConfig; codec.safetensors: fitted codec state
+        data_manifest.json     the dataset cache's manifest
+        metrics.jsonl          one JSON record per log line / validation
+        tensorboard/
+        checkpoints/           last.pt, last.prev.pt (the one before), best.pt
+        samples/               <id>.wav, codes.safetensors, generation.jsonl
+        generation_summary.json, test_metrics.json, scores.json
+
+Writes are atomic (temp file + rename), so a kill leaves the old file or the new one. A
+checkpoint is read back and checked before it replaces the previous one, which is kept as
+`last.prev.pt`; loading falls back from a damaged checkpoint to the newest intact one and names
+the damaged file. Readers treat every file as untrusted: a bad one is a `RunDirError` naming it.
+"""
+
+import errno
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from phonelm.codecs import Codec, build_codec
+from phonelm.config import CodecConfig
+from phonelm.io import write_json, write_text, write_with
+
+
+class RunDirError(ValueError):
+    """A run-directory file that is missing, damaged or cannot be written; names the file."""
+
+
+def _no_space(err: OSError) -> bool:
+    return err.errno == errno.ENOSPC or "unexpected pos" in str(err) or "No space" in str(err)
+
+
+def atomic_save(path: Path, writer) -> None:
+    """write_with, turning a full disk (which torch reports as `enforce fail ... unexpected
+    pos`) into an error that names the file; the file that was there is left intact."""
+    try:
+        write_with(path, writer)
+    except (OSError, RuntimeError) as err:
+        if _no_space(err):
+            raise RunDirError(f"no space left on the device to write {path}") from err
+        raise
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    config = property(lambda self: self.path / "config.json")
+    env = property(lambda self: self.path / "env.json")
+    codec_config = property(lambda self: self.path / "codec.json")
+    codec_state = property(lambda self: self.path / "codec.safetensors")
+    manifest = property(lambda self: self.path / "data_manifest.json")
+    metrics = property(lambda self: self.path / "metrics.jsonl")
+    tensorboard = property(lambda self: self.path / "tensorboard")
+    checkpoints = property(lambda self: self.path / "checkpoints")
+    samples = property(lambda self: self.path / "samples")
+    generation = property(lambda self: self.path / "samples" / "generation.jsonl")
+    codes = property(lambda self: self.path / "samples" / "codes.safetensors")
+    generation_summary = property(lambda self: self.path / "generation_summary.json")
+    test_metrics = property(lambda self: self.path / "test_metrics.json")
+    scores = property(lambda self: self.path / "scores.json")
+
+    def wav(self, uid: str) -> Path:
+        return self.samples / f"{uid}.wav"
+
+    def checkpoint(self, name: str) -> Path:
+        return self.checkpoints / f"{name}.pt"
+
+    # -- JSON -------------------------------------------------------------------------------
+    def read_json(self, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise RunDirError(f"{path} is missing") from err
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RunDirError(f"{path} is not valid JSON ({err})") from err
+
+    def write_json(self, path: Path, obj) -> None:
+        try:
+            write_json(path, obj)
+        except OSError as err:
+            if _no_space(err):
+                raise RunDirError(f"no space left on the device to write {path}") from err
+            raise
+
+    # -- metrics log ------------------------------------------------------------------------
+    def append_metrics(self, record: dict) -> None:
+        with open(self.metrics, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read_metrics(self) -> list[dict]:
+        """Every complete record; a torn last line (a kill mid-write) is left out."""
+        if not self.metrics.is_file():
+            return []
+        lines = self.metrics.read_text().splitlines()
+        records = []
+        for i, line in enumerate(lines):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if i == len(lines) - 1:
+                    break  # torn by a kill
+                raise RunDirError(f"{self.metrics}:{i + 1} is not valid JSON ({err})") from err
+        return records
+
+    def truncate_metrics(self, step: int) -> None:
+        """Keep the records up to `step` (a resume from the checkpoint of that step)."""
+        kept = [r for r in self.read_metrics() if r.get("step", 0) <= step]
+        write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in kept))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, name: str, state: dict) -> Path:
+        """Write, read back, then replace: the previous `name` checkpoint is kept as
+        `name.prev` until the new one is verified."""
+        path, prev = self.checkpoint(name), self.checkpoint(f"{name}.prev")
+        new = self.checkpoint(f"{name}.new")
+        atomic_save(new, lambda tmp: torch.save(state, tmp))
+        try:
+            torch.load(new, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure to read back means a bad file
+            new.unlink(missing_ok=True)
+            raise RunDirError(f"checkpoint {new} did not read back ({err})") from err
+        if path.is_file():
+            path.replace(prev)
+        new.replace(path)
+        return path
+
+    def load_checkpoint(self, name: str = "last", device="cpu") -> dict | None:
+        """The newest intact of `name`, `name.prev` (and `best` for `last`); None if there is
+        none at all. Damaged files are named on stderr and skipped."""
+        candidates = [name, f"{name}.prev"] + (["best"] if name == "last" else [])
+        for candidate in candidates:
+            path = self.checkpoint(candidate)
+            if not path.is_file():
+                continue
+            try:
+                return torch.load(path, map_location=device, weights_only=True)
+            except Exception as err:  # noqa: BLE001 - a damaged file: try the next one
+                print(f"warning: checkpoint {path} is damaged ({err}); trying an older one",
+                      file=sys.stderr)  # fmt: skip
+        return None
+
+    # -- codec ------------------------------------------------------------------------------
+    def save_codec(self, cfg: dict, codec: Codec) -> None:
+        self.write_json(self.codec_config, cfg)
+        codec.save(self.codec_state)
+
+    def codec(self) -> Codec:
+        codec = build_codec(CodecConfig(**self.read_json(self.codec_config)))
+        if codec.needs_fit:
+            codec.load(self.codec_state)
+        return codec
