@@ -288,6 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown:
         ap.error(f"unknown model {unknown[0]!r}; valid models: {sorted(BACKENDS)} or 'all'")
     dist.init()
+    main_process = dist.is_main()  # asked before cleanup, after which every rank looks like 0
     try:
         results = [run_one(args, m) for m in models]
     except ConfigError as err:  # a usage error: exit 2, one line, no traceback
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.exit(1, f"{ap.prog}: error: {err}\n")
     finally:
         dist.cleanup()
-    if dist.is_main():
+    if main_process:
         for r in results:
             bits = r.get("test", {}).get("bits_per_code", float("nan"))
             rtf = r.get("generation", {}).get("real_time_factor", float("nan"))

@@ -180,12 +180,18 @@ def loader_for(
     micro_batch: int | None = None,
 ):
     """Batches of one split, with the data config's length filters applied."""
-    ds = CodeDataset(
-        cache_dir,
-        split,
-        max_frames=int(data.max_seconds * frame_rate),
-        max_phonemes=data.max_phonemes,
-    )
+    try:
+        ds = CodeDataset(
+            cache_dir,
+            split,
+            max_frames=int(data.max_seconds * frame_rate),
+            max_phonemes=data.max_phonemes,
+        )
+    except ValueError as err:  # every utterance filtered out: name the settings
+        raise ValueError(
+            f"the {split} split is empty after the length filters (data.max_seconds="
+            f"{data.max_seconds}, data.max_phonemes={data.max_phonemes}): {err}"
+        ) from err
     sampler = LengthBucketSampler(
         ds.frame_lengths,
         batch_size=micro_batch or cfg.micro_batch_size,
@@ -201,11 +207,6 @@ def loader_for(
         num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    if len(ds) == 0:
-        raise ValueError(
-            f"the {split} split is empty after the length filters (data.max_seconds="
-            f"{data.max_seconds}, data.max_phonemes={data.max_phonemes}): {ds.report}"
-        )
     return ds, sampler, loader
 
 
@@ -412,9 +413,6 @@ class Trainer:
             step = self._train_step(batches)
             window = {key: window[key] + step[key] for key in window}
             bar.update(1)
-            if self.signal is not None:
-                bar.close()
-                self._stop_on_signal()
             if self.step % cfg.log_every == 0 or self.step == 1:
                 record = {
                     **self._record(),
@@ -426,6 +424,9 @@ class Trainer:
                 self._log(record, writer)
                 bar.set_postfix(loss=f"{step['loss']:.3f}")
                 window = {"codes": 0.0, "wall": 0.0}
+            if self.signal is not None:  # after this step's log line, before any evaluation
+                bar.close()
+                self._stop_on_signal()
             if self.step % cfg.eval_every == 0 or self._out_of_budget():
                 valid = evaluate(self.model, self.valid_loader, self.device)
                 self._log({**self._record(), **{f"valid_{k}": v for k, v in valid.items()}}, writer)

@@ -50,7 +50,13 @@ def split_for(cfg: DataConfig, text: str) -> str:
 def readable_audio(path: Path, codec: Codec) -> torch.Tensor:
     """Mono audio at the codec's rate; ValueError naming the file if it cannot be used (too short
     for one frame: an empty or truncated recording)."""
-    wav = conform(*load_audio(path), codec.sample_rate)
+    raw, sr = load_audio(path)
+    if raw.shape[-1] * codec.sample_rate < codec.hop_length * sr:  # checked before resampling
+        raise ValueError(
+            f"{path}: audio too short ({raw.shape[-1]} samples at {sr} Hz; one codec frame "
+            f"needs {codec.hop_length / codec.sample_rate * 1000:.1f} ms)"
+        )
+    wav = conform(raw, sr, codec.sample_rate)
     if wav.shape[-1] < codec.hop_length:
         raise ValueError(
             f"{path}: audio too short ({wav.shape[-1]} samples at {codec.sample_rate} Hz; one "

@@ -33,8 +33,14 @@ class RunDirError(ValueError):
     """A run-directory file that is missing, damaged or cannot be written; names the file."""
 
 
-def _no_space(err: OSError) -> bool:
-    return err.errno == errno.ENOSPC or "unexpected pos" in str(err) or "No space" in str(err)
+def _no_space(err: Exception) -> bool:
+    """ENOSPC, or how torch.save reports a short write: `enforce fail ... unexpected pos`."""
+    text = str(err)
+    return (
+        getattr(err, "errno", None) == errno.ENOSPC
+        or "unexpected pos" in text
+        or ("No space left" in text)
+    )
 
 
 def atomic_save(path: Path, writer) -> None:
