@@ -108,10 +108,7 @@ def rng_state() -> dict:
     return state
 
 
-def set_rng_state(state: dict | torch.Tensor) -> None:
-    if isinstance(state, torch.Tensor):  # checkpoints before Python/NumPy states were kept
-        torch.set_rng_state(state)
-        return
+def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]

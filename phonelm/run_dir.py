@@ -26,7 +26,7 @@ import torch
 
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig
-from phonelm.io import write_json, write_text, write_with
+from phonelm.io import write_text, write_with
 
 
 class RunDirError(ValueError):
@@ -94,12 +94,8 @@ class RunDir:
             raise RunDirError(f"{path} is not valid JSON ({err})") from err
 
     def write_json(self, path: Path, obj) -> None:
-        try:
-            write_json(path, obj)
-        except OSError as err:
-            if _no_space(err):
-                raise RunDirError(f"no space left on the device to write {path}") from err
-            raise
+        text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
+        atomic_save(path, lambda tmp: tmp.write_text(text))
 
     # -- metrics log ------------------------------------------------------------------------
     def append_metrics(self, record: dict) -> None:
