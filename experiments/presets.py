@@ -93,6 +93,8 @@ _CHECKS = [
     *((f"model.{f}", _at_least_one, "an integer >= 1") for f in
       ("dim", "depth", "dim_head", "ff_mult", "local_dim", "local_depth", "codebook_size")),
     ("model.nar_depth", lambda v: v >= 0, "an integer >= 0 (0: the same as model.depth)"),
+    ("model.positions", lambda v: v in ("sequence", "aligned"), "'sequence' or 'aligned'"),
+    ("model.phoneme_stride", _positive, "frames per phoneme > 0, or none to measure it"),
     ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     *((f"train.{f}", _at_least_one, "an integer >= 1") for f in
       ("steps", "batch_size", "micro_batch_size", "eval_every", "log_every")),

@@ -32,7 +32,7 @@ from phonelm import distributed as dist
 from phonelm.audio import save_audio
 from phonelm.codecs import CodecError
 from phonelm.corpus import CorpusError
-from phonelm.dataset import prepare
+from phonelm.dataset import CodeDataset, prepare
 from phonelm.run_dir import RunDir, RunDirError, atomic_save
 from phonelm.sampling import utterance_seed
 from phonelm.text import Phonemizer, TextError
@@ -95,6 +95,21 @@ def resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_codebooks=codec_k))
 
 
+def resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
+    """Aligned positions with no stride given: the training split's mean frames per phoneme
+    (after the length filters), stored in the resolved config."""
+    if cfg.model.positions != "aligned" or cfg.model.phoneme_stride is not None:
+        return cfg
+    train = CodeDataset(
+        prepared.cache_dir,
+        "train",
+        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
+        max_phonemes=cfg.data.max_phonemes,
+    )
+    stride = round(train.frames_per_phoneme, 4)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, phoneme_stride=stride))
+
+
 def check_config(run: RunDir, cfg: RunConfig) -> dict:
     """A run directory belongs to one trained model: resuming it with another data, codec,
     model, training config or seed is an error (nothing is written here). The `generate`
@@ -129,7 +144,7 @@ def guard_frames(gen: GenerateConfig, phonemes: int, frame_rate: float) -> int:
 @torch.no_grad()
 def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device) -> dict:
     """Generate the split's sentences: wavs, codes and one JSON line per utterance."""
-    from phonelm.dataset import CodeDataset, open_corpus
+    from phonelm.dataset import open_corpus
 
     gen = cfg.generate
     settings = json.loads(json.dumps(dataclasses.asdict(gen)))
@@ -210,7 +225,7 @@ def run_one(args, model_name: str) -> dict:
     if not dist.is_main():
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
     rate = prepared.codec.frame_rate
-    cfg = resolve_codebooks(cfg, prepared.codec.n_codebooks)
+    cfg = resolve_stride(resolve_codebooks(cfg, prepared.codec.n_codebooks), prepared)
     check_generation(cfg, rate)
     resolved = check_config(run, cfg)
     model = build_backend(cfg.model)

@@ -29,6 +29,8 @@ class ModelConfig:
     local_depth: int = 2  # megabyte: local transformer depth
     nar_depth: int = 0  # valle: NAR depth (0: same as `depth`)
     n_codebooks: int | None = None  # K: None takes the codec's; another value is an error
+    positions: str = "sequence"  # rotary positions: "sequence" | "aligned" (models/positions.py)
+    phoneme_stride: float | None = None  # aligned: frames per phoneme (None: run.py measures it)
     codebook_size: int = 1024
     n_phonemes: int = len(VOCAB)
 
@@ -64,6 +66,13 @@ class Backend(nn.Module, ABC):
         super().__init__()
         if not cfg.n_codebooks or cfg.n_codebooks < 1:
             raise ValueError(f"model.n_codebooks must be a positive K, got {cfg.n_codebooks}")
+        if cfg.positions not in ("sequence", "aligned"):
+            raise ValueError(f"model.positions={cfg.positions!r}: expected 'sequence' or 'aligned'")
+        if cfg.positions == "aligned" and not (cfg.phoneme_stride or 0) > 0:
+            raise ValueError(
+                f"model.positions='aligned' needs model.phoneme_stride > 0 (frames per phoneme), "
+                f"got {cfg.phoneme_stride}"
+            )
         self.cfg = cfg
 
     @abstractmethod

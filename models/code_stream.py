@@ -13,6 +13,7 @@ from torch import nn
 from models import flops
 from models.base import ModelConfig
 from models.blocks import CodebookHeads, Decoded, attention_stack, frame_targets, pad_phonemes
+from models.positions import sequence_positions
 from phonelm.sampling import Chooser
 
 
@@ -32,6 +33,10 @@ class CodeStream(nn.Module):
         offset = torch.arange(self.k, device=codes.device)[None, :, None] * self.v
         return rearrange(self.code_emb(codes.clamp_min(0) + offset), "b s f d -> b (f s) d")
 
+    def _positions(self, ph_mask: torch.Tensor, n_audio: int) -> torch.Tensor | None:
+        """[B, P + n_audio] rotary positions (start token then codes), or None."""
+        return sequence_positions(self.cfg, ph_mask, n_audio, per_frame=self.k)
+
     def logits(
         self,
         phonemes: torch.Tensor,
@@ -49,7 +54,8 @@ class CodeStream(nn.Module):
         mask = torch.cat(
             [ph_mask, ph_mask.new_ones(b, 1), code_mask.repeat_interleave(self.k, dim=1)], dim=1
         )
-        h = self.stack(x, mask=mask)[:, p:]  # [B, 1 + F*S, D]: position j predicts token j
+        pos = self._positions(ph_mask, 1 + f * self.k)
+        h = self.stack(x, mask=mask, pos=pos)[:, p:]  # [B, 1 + F*S, D]: position j predicts token j
         h = F.pad(h, (0, 0, 0, self.k - 1))  # [B, (F + 1) * S, D]
         return self.heads(rearrange(h, "b (f s) d -> b f s d", s=self.k))
 
@@ -69,7 +75,8 @@ class CodeStream(nn.Module):
         b = ids.shape[0]
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        h, cache = self.stack(x, mask=mask, return_hiddens=True)
+        p = ids.shape[1]
+        h, cache = self.stack(x, mask=mask, pos=self._positions(ph_mask, 1), return_hiddens=True)
         last = h[:, -1]
         out = Decoded(limits, self.k, self.v)
         for frame in range(out.codes.shape[-1]):
@@ -82,6 +89,7 @@ class CodeStream(nn.Module):
                 h, cache = self.stack(
                     self.code_emb(token + k * self.v)[:, None],
                     mask=mask,
+                    pos=self._positions(ph_mask, mask.shape[1] - p),
                     cache=cache,
                     return_hiddens=True,
                 )

@@ -23,6 +23,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
+from models.positions import sequence_positions
 from phonelm.batching import Batch
 
 
@@ -63,7 +64,8 @@ class Delay(Backend):
             [self.phoneme_emb(ids), self.bos.expand(b, 1, -1), self._embed_steps(steps)], 1
         )
         real = torch.arange(f + k, device=codes.device)[None] < (lengths + k)[:, None]
-        h = self.stack(x, mask=torch.cat([ph_mask, real], dim=1))[:, ids.shape[1] :]  # [B, F+K, D]
+        pos = sequence_positions(cfg, ph_mask, f + k)
+        h = self.stack(x, mask=torch.cat([ph_mask, real], dim=1), pos=pos)[:, ids.shape[1] :]
         aligned = torch.stack([h[:, i : i + f + 1] for i in range(k)], dim=2)  # [B, F+1, K, D]
         return self.heads(aligned)
 
@@ -86,7 +88,9 @@ class Delay(Backend):
         b = ids.shape[0]
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        h, cache = self.stack(x, mask=mask, return_hiddens=True)
+        h, cache = self.stack(
+            x, mask=mask, pos=sequence_positions(cfg, ph_mask, 1), return_hiddens=True
+        )
         codes = torch.zeros(b, k, int(limits.max()), dtype=torch.long, device=ids.device)
         lengths, stopped = limits.clone(), torch.zeros(b, dtype=torch.bool, device=ids.device)
         decided = limits <= 0  # the length of each item is known (stop, or its guard)
@@ -107,6 +111,10 @@ class Delay(Backend):
                 break
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             h, cache = self.stack(
-                self._embed_steps(step[:, :, None]), mask=mask, cache=cache, return_hiddens=True
+                self._embed_steps(step[:, :, None]),
+                mask=mask,
+                pos=sequence_positions(cfg, ph_mask, s + 2),
+                cache=cache,
+                return_hiddens=True,
             )
         return codes[..., : int(lengths.max())], lengths, stopped

@@ -25,6 +25,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
+from models.positions import sequence_positions
 from phonelm.batching import Batch
 
 
@@ -59,7 +60,8 @@ class MegaByte(Backend):
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1), self._patches(codes)], 1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1), code_mask], dim=1)
-        g = self.global_stack(x, mask=mask)[:, ids.shape[1] :]  # [B, F + 1, D]: g[f] -> frame f
+        pos = sequence_positions(self.cfg, ph_mask, f + 1)
+        g = self.global_stack(x, mask=mask, pos=pos)[:, ids.shape[1] :]  # [B, F + 1, D]: g[f] -> f
         # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
         shifted = nn.functional.pad(codes, (0, 1)).clamp_min(0)[:, : k - 1]  # [B, K - 1, F + 1]
         shifted = self.local_code_emb(shifted + self._offset(codes.device)[: k - 1, None])
@@ -90,7 +92,8 @@ class MegaByte(Backend):
         b = ids.shape[0]
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        g, cache = self.global_stack(x, mask=mask, return_hiddens=True)
+        pos = sequence_positions(cfg, ph_mask, 1)
+        g, cache = self.global_stack(x, mask=mask, pos=pos, return_hiddens=True)
         out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
         for frame in range(out.codes.shape[-1]):
             base = self.to_local(g[:, -1])  # [B, E]
@@ -108,6 +111,7 @@ class MegaByte(Backend):
             g, cache = self.global_stack(
                 self._patches(out.codes[:, :, frame : frame + 1]),
                 mask=mask,
+                pos=sequence_positions(cfg, ph_mask, frame + 2),
                 cache=cache,
                 return_hiddens=True,
             )

@@ -15,6 +15,7 @@ from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import CodebookHeads, attention_stack, frame_loss, left_align, pad_phonemes
 from models.code_stream import CodeStream
+from models.positions import sequence_positions
 from phonelm.batching import Batch
 
 
@@ -39,7 +40,8 @@ class Valle(Backend):
         frames = (emb * below[:, :, None, None]).sum(1) + self.stage_emb(stage)[:, None]
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
         x = torch.cat([self.nar_phoneme_emb(ids), frames], dim=1)
-        h = self.nar(x, mask=torch.cat([ph_mask, code_mask], dim=1))[:, ids.shape[1] :]
+        pos = sequence_positions(self.cfg, ph_mask, f)
+        h = self.nar(x, mask=torch.cat([ph_mask, code_mask], dim=1), pos=pos)[:, ids.shape[1] :]
         return self.nar_heads.per_item(h, stage - 1)
 
     def forward(self, batch: Batch) -> ForwardOutput:

@@ -253,3 +253,8 @@ class CodeDataset(Dataset):
     @property
     def frame_lengths(self) -> list[int]:
         return [c.shape[1] for c in self._codes]
+
+    @property
+    def frames_per_phoneme(self) -> float:
+        """Mean audio frames per phoneme over the split (total frames / total phonemes)."""
+        return sum(self.frame_lengths) / max(1, sum(len(p) for p in self._phonemes))

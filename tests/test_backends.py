@@ -32,10 +32,16 @@ def make_batch(seed: int = 0, lengths=((7, 12), (5, 9)), k: int = K):
     return collate(items)
 
 
-@pytest.fixture(params=sorted(BACKENDS))
+@pytest.fixture(
+    params=[(name, stride) for name in sorted(BACKENDS) for stride in (None, 2.5)],
+    ids=lambda p: p[0] + ("" if p[1] is None else "-aligned"),
+)
 def model(request):
+    """Every backend, with sequence-index and with aligned rotary positions."""
+    name, stride = request.param
     torch.manual_seed(0)
-    return build_backend(tiny(request.param)).eval()
+    positions = "sequence" if stride is None else "aligned"
+    return build_backend(tiny(name, positions=positions, phoneme_stride=stride)).eval()
 
 
 def test_unknown_backend_lists_valid_ones():

@@ -114,6 +114,30 @@ def test_a_model_k_other_than_the_codecs_is_an_error(tmp_path, data_root, capsys
     assert not (tmp_path / "flat-tiny-seed0" / "config.json").exists()
 
 
+def test_aligned_positions_take_the_training_splits_frames_per_phoneme(tmp_path, data_root):
+    from phonelm.dataset import CodeDataset
+
+    (result,) = run(tiny_args("megabyte", tmp_path, data_root, "model.positions=aligned"))
+    run_dir = tmp_path / "megabyte-tiny-seed0"
+    saved = json.loads((run_dir / "config.json").read_text())["model"]
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    train = CodeDataset(
+        prepared.cache_dir,
+        "train",
+        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
+        max_phonemes=cfg.data.max_phonemes,
+    )
+    lengths = [len(train[i].phonemes) for i in range(len(train))]
+    expected = sum(train.frame_lengths) / sum(lengths)
+    assert saved["positions"] == "aligned" and saved["phoneme_stride"] == round(expected, 4)
+    assert 1 < saved["phoneme_stride"] < 20  # a plausible number of 75 Hz frames per phoneme
+    assert result["generation"]["utterances"] == 2
+    synthesize([str(run_dir), "Hello.", "-o", str(tmp_path / "x.wav")])  # the saved stride
+    assert (tmp_path / "x.wav").stat().st_size > 44
+
+
 def test_unknown_model_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         run(["--model", "nope"])

@@ -1,0 +1,58 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from models.base import ModelConfig
+from models.positions import phoneme_positions, sequence_positions
+from models.registry import BACKENDS, build_backend
+from tests.test_backends import make_batch, tiny
+
+
+def test_phonemes_sit_at_half_strides_from_their_first_real_phoneme():
+    mask = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    pos = phoneme_positions(mask, 4.0)
+    assert pos[0, 2:].tolist() == [2.0, 6.0] and pos[1].tolist() == [2.0, 6.0, 10.0, 14.0]
+    assert (pos[0, :2] < 0).all()  # left padding: masked, never at a real position
+
+
+def test_audio_tokens_sit_at_frames():
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    cfg = ModelConfig(positions="aligned", phoneme_stride=3.0)
+    pos = sequence_positions(cfg, mask, 5, per_frame=2)
+    assert pos.tolist() == [[1.5, 4.5, 0.0, 0.5, 1.0, 1.5, 2.0]]
+    assert sequence_positions(replace(cfg, positions="sequence"), mask, 5) is None
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_aligned_positions_change_the_model_and_follow_the_stride(name):
+    """The same weights give other logits under aligned positions, and other ones again under
+    another stride: the positions reach every stack that sees phonemes."""
+    torch.manual_seed(0)
+    plain = build_backend(tiny(name)).eval()
+    batch = make_batch()
+    outs = []
+    for cfg in (
+        plain.cfg,
+        replace(plain.cfg, positions="aligned", phoneme_stride=2.0),
+        replace(plain.cfg, positions="aligned", phoneme_stride=5.0),
+    ):
+        model = build_backend(cfg).eval()
+        model.load_state_dict(plain.state_dict())
+        with torch.no_grad():
+            outs.append(model(batch).nll)
+    assert not torch.allclose(outs[0], outs[1]) and not torch.allclose(outs[1], outs[2])
+    if name == "valle":  # the NAR stages (codebooks 2..K) take the positions too
+        assert not torch.allclose(outs[0][1:], outs[1][1:])
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"positions": "diagonal"}, "model.positions='diagonal': expected 'sequence' or 'aligned'"),
+        ({"positions": "aligned"}, "needs model.phoneme_stride > 0"),
+    ],
+)
+def test_bad_position_settings_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        build_backend(tiny("flat", **changes))
