@@ -45,7 +45,7 @@ class RunConfig:
 
 
 # Training compute of every backend at the `cpu` preset: ~15 minutes of the slowest backend in
-# FLOPs per second on 2 CPU cores (measured by bench/backend_speed.py; see the README).
+# FLOPs per second on 2 CPU cores (measured by bench/run.py; see the README).
 CPU_BUDGET_FLOPS = 9.0e13
 
 # Per preset: the shared model shape, then each backend's own depths (matched parameter counts).

@@ -32,7 +32,8 @@ def main() -> None:
         print(" ".join(r for r in project["dependencies"] if name_of(r) in NO_DEPS))
     elif sys.argv[1:] == ["deps"]:
         keep = [r for r in project["dependencies"] if name_of(r) not in NO_DEPS | {"torch"}]
-        print(" ".join(keep + THEIR_DEPS + project["optional-dependencies"]["test"]))
+        extras = project["optional-dependencies"]
+        print(" ".join(keep + THEIR_DEPS + extras["test"] + extras["bench"]))
     else:
         sys.exit("usage: offline_requirements.py deps|no-deps")
 

@@ -1,0 +1,39 @@
+"""bench/run.py's smoke mode: every backend and both peers measured, the report written."""
+
+import importlib.util
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from models.registry import BACKENDS
+
+_spec = importlib.util.spec_from_file_location(
+    "bench_run", Path(__file__).parent.parent / "bench" / "run.py"
+)
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+@pytest.mark.slow
+def test_smoke_benchmark_measures_every_backend_and_the_peers(tmp_path):
+    bench.main(["--smoke", "--out", str(tmp_path / "out"), "--data-root", str(tmp_path / "data")])
+    out = tmp_path / "out"
+    table = pd.read_csv(out / "bench.csv")
+    train, gen = table[table.kind == "train"], table[table.kind == "generate"]
+    assert set(train.name) == set(BACKENDS) | {"peer: MEGABYTE-pytorch"}
+    ours = train[train.name.isin(list(BACKENDS))]
+    assert (ours.step_s > 0).all() and (ours.codes_per_s > 0).all()
+    assert ((ours.mfu > 0) & (ours.mfu < 1)).all()  # counted FLOPs under the measured peak
+    assert ((ours.data_wait_share >= 0) & (ours.data_wait_share < 1)).all()
+    assert (train.train_peak_mib > 50).all()  # a python process with torch holds more than this
+    # each backend: 2 batch sizes x 2 lengths; flat's peer the same; MEGABYTE's peer one length
+    counts = gen.groupby("name").size().to_dict()
+    assert counts == {**dict.fromkeys(BACKENDS, 4), "peer: x-transformers flat": 4,
+                      "peer: MEGABYTE-pytorch": 1}  # fmt: skip
+    assert (gen.rtf > 0).all() and (gen.gen_s > 0).all()
+    md = (out / "bench.md").read_text()
+    assert "command: `python bench/run.py --smoke" in md and "torch " in md
+    assert "megabyte / MEGABYTE-pytorch training step time" in md
+    assert "Cost growth" in md and "## Data pipeline" in md
+    assert (out / "bench_generation.png").stat().st_size > 10_000
