@@ -96,6 +96,7 @@ _CHECKS = [
     ("model.positions", lambda v: v in ("sequence", "aligned"), "'sequence' or 'aligned'"),
     ("model.phoneme_stride", _positive, "frames per phoneme > 0, or none to measure it"),
     ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    ("model.code_dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
     *((f"train.{f}", _at_least_one, "an integer >= 1") for f in
       ("steps", "batch_size", "micro_batch_size", "eval_every", "log_every")),
     *((f"train.{f}", _positive, "a number > 0") for f in

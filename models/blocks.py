@@ -32,6 +32,17 @@ def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, cau
     )
 
 
+def drop_codes(emb: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Input-code dropout (Tacotron 2's prenet dropout, for codes): in training, each embedded
+    input code emb [..., D] is zeroed with probability p (the rest scaled by 1 / (1 - p)), so a
+    frame cannot be predicted from the audio before it alone and the text must be read. Every
+    backend applies it wherever a code enters as an input; it is off in eval and generation."""
+    if not training or p == 0:
+        return emb
+    keep = torch.rand(*emb.shape[:-1], 1, device=emb.device) >= p
+    return emb * keep / (1 - p)
+
+
 def left_align(phonemes: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-padded ids [B, P] -> left-padded ids [B, P] and mask [B, P] (True on real ids).
 

@@ -12,7 +12,14 @@ from torch import nn
 
 from models import flops
 from models.base import ModelConfig
-from models.blocks import CodebookHeads, Decoded, attention_stack, frame_targets, pad_phonemes
+from models.blocks import (
+    CodebookHeads,
+    Decoded,
+    attention_stack,
+    drop_codes,
+    frame_targets,
+    pad_phonemes,
+)
 from models.positions import sequence_positions
 from phonelm.sampling import Chooser
 
@@ -31,7 +38,9 @@ class CodeStream(nn.Module):
     def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, S, F] -> [B, F * S, D], codebook-specific, frame-major."""
         offset = torch.arange(self.k, device=codes.device)[None, :, None] * self.v
-        return rearrange(self.code_emb(codes.clamp_min(0) + offset), "b s f d -> b (f s) d")
+        emb = self.code_emb(codes.clamp_min(0) + offset)  # [B, S, F, D]
+        emb = drop_codes(emb, self.cfg.code_dropout, self.training)
+        return rearrange(emb, "b s f d -> b (f s) d")
 
     def _positions(self, ph_mask: torch.Tensor, n_audio: int) -> torch.Tensor | None:
         """[B, P + n_audio] rotary positions (start token then codes), or None."""

@@ -18,6 +18,7 @@ from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
     attention_stack,
+    drop_codes,
     frame_loss,
     frame_targets,
     left_align,
@@ -50,7 +51,8 @@ class Delay(Backend):
     def _embed_steps(self, steps: torch.Tensor) -> torch.Tensor:
         """delayed codes [B, K, S] (blank = V) -> step inputs [B, S, D], summed over codebooks."""
         offset = torch.arange(self.cfg.n_codebooks, device=steps.device)[None, :, None]
-        return self.code_emb(steps + offset * (self.cfg.codebook_size + 1)).sum(1)
+        emb = self.code_emb(steps + offset * (self.cfg.codebook_size + 1))  # [B, K, S, D]
+        return drop_codes(emb, self.cfg.code_dropout, self.training).sum(1)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """[B, F + 1, K, V + 1], teacher-forced and frame-aligned: [b, f, k] is codebook k of

@@ -20,6 +20,7 @@ from models.blocks import (
     CodebookHeads,
     Decoded,
     attention_stack,
+    drop_codes,
     frame_loss,
     frame_targets,
     left_align,
@@ -50,6 +51,7 @@ class MegaByte(Backend):
     def _patches(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, F] -> patch embeddings [B, F, D]."""
         emb = self.patch_code_emb(codes.clamp_min(0) + self._offset(codes.device)[:, None])
+        emb = drop_codes(emb, self.cfg.code_dropout, self.training)  # [B, K, F, E]
         return self.patch_proj(rearrange(emb, "b k f e -> b f (k e)"))
 
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -65,6 +67,7 @@ class MegaByte(Backend):
         # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
         shifted = nn.functional.pad(codes, (0, 1)).clamp_min(0)[:, : k - 1]  # [B, K - 1, F + 1]
         shifted = self.local_code_emb(shifted + self._offset(codes.device)[: k - 1, None])
+        shifted = drop_codes(shifted, self.cfg.code_dropout, self.training)
         start = self.local_start.expand(b, 1, f + 1, -1)
         local = torch.cat([start, shifted], dim=1) + self.to_local(g)[:, None]  # [B, K, F+1, E]
         h = self.local_stack(rearrange(local, "b k f e -> (b f) k e"))

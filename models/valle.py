@@ -13,7 +13,14 @@ from torch import nn
 
 from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
-from models.blocks import CodebookHeads, attention_stack, frame_loss, left_align, pad_phonemes
+from models.blocks import (
+    CodebookHeads,
+    attention_stack,
+    drop_codes,
+    frame_loss,
+    left_align,
+    pad_phonemes,
+)
 from models.code_stream import CodeStream
 from models.positions import sequence_positions
 from phonelm.batching import Batch
@@ -36,6 +43,7 @@ class Valle(Backend):
         b, k, f = codes.shape
         offset = torch.arange(k, device=codes.device)[None, :, None] * self.cfg.codebook_size
         emb = self.nar_code_emb(codes.clamp_min(0) + offset)  # [B, K, F, D]
+        emb = drop_codes(emb, self.cfg.code_dropout, self.training)
         below = torch.arange(k, device=codes.device)[None] < stage[:, None]  # [B, K]
         frames = (emb * below[:, :, None, None]).sum(1) + self.stage_emb(stage)[:, None]
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
