@@ -110,6 +110,24 @@ def resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, phoneme_stride=stride))
 
 
+def with_new_defaults(saved: dict, current) -> dict:
+    """`saved` (a config written by an earlier version) with every field added since then set
+    to its dataclass default, so that a new setting left at its default resumes an old run."""
+    out = dict(saved)
+    for f in dataclasses.fields(current):
+        value = getattr(current, f.name)
+        if f.name not in out:
+            if f.default is not dataclasses.MISSING:
+                out[f.name] = json.loads(json.dumps(f.default))
+            elif f.default_factory is not dataclasses.MISSING:
+                made = f.default_factory()
+                made = dataclasses.asdict(made) if dataclasses.is_dataclass(made) else made
+                out[f.name] = json.loads(json.dumps(made))
+        elif dataclasses.is_dataclass(value) and isinstance(out[f.name], dict):
+            out[f.name] = with_new_defaults(out[f.name], value)
+    return out
+
+
 def check_config(run: RunDir, cfg: RunConfig) -> dict:
     """A run directory belongs to one trained model: resuming it with another data, codec,
     model, training config or seed is an error (nothing is written here). The `generate`
@@ -117,7 +135,7 @@ def check_config(run: RunDir, cfg: RunConfig) -> dict:
     -> the resolved config as JSON."""
     resolved = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if run.config.is_file():
-        saved = run.read_json(run.config)
+        saved = with_new_defaults(run.read_json(run.config), cfg)
         changed = sorted(k for k in resolved if k != "generate" and saved.get(k) != resolved[k])
         if changed:
             raise ConfigError(

@@ -138,6 +138,21 @@ def test_aligned_positions_take_the_training_splits_frames_per_phoneme(tmp_path,
     assert (tmp_path / "x.wav").stat().st_size > 44
 
 
+def test_a_run_saved_before_a_setting_existed_resumes_if_it_stays_at_its_default(
+    tmp_path, data_root, capsys
+):
+    run(tiny_args("valle", tmp_path, data_root))
+    config = tmp_path / "valle-tiny-seed0" / "config.json"
+    saved = json.loads(config.read_text())
+    del saved["model"]["code_dropout"], saved["model"]["positions"]  # as an older version wrote
+    config.write_text(json.dumps(saved))
+    (again,) = run(tiny_args("valle", tmp_path, data_root))  # resumes: nothing to train
+    assert again["steps"] == 6
+    with pytest.raises(SystemExit):
+        run(tiny_args("valle", tmp_path, data_root, "model.code_dropout=0.5"))
+    assert "sections ['model'] differ" in capsys.readouterr().err
+
+
 def test_unknown_model_lists_the_valid_ones(capsys):
     with pytest.raises(SystemExit):
         run(["--model", "nope"])
