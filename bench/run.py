@@ -38,7 +38,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from experiments.presets import preset  # noqa: E402
+from experiments.presets import preset, resolve  # noqa: E402
 from experiments.train import loader_for, optimizer_for  # noqa: E402
 from models.flops import train_step_flops  # noqa: E402
 from models.registry import BACKENDS, build_backend  # noqa: E402
@@ -315,9 +315,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rate = prepared.codec.frame_rate
             m = prepared.manifest
             cache[size] = sum(m["hours"].values()) * 3600 / max(m["build_seconds"], 1e-9)
-            model_cfg = dataclasses.replace(
-                cfg.model, n_codebooks=prepared.codec.n_codebooks, **changes
-            )
+            model_cfg = dataclasses.replace(resolve(cfg, prepared).model, **changes)
             torch.manual_seed(0)
             model = build_backend(model_cfg).to(device)
             ds, _, loader = loader_for(

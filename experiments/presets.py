@@ -11,6 +11,11 @@ Within a preset, backends are matched:
   FLOPs per second trains about 15 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
 - in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
 K is stated once per preset, on the codec; the model takes the codec's K.
+
+The `cpu` preset's shared recipe (README, "What made it speak"): aligned rotary positions
+(models/positions.py; the stride is measured on the training split) and input-code dropout 0.5
+(models/blocks.py `drop_codes`), the same for every backend. `paper` keeps sequence positions and
+no code dropout until the recipe is screened on LJSpeech.
 """
 
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +25,7 @@ from experiments.train import TrainConfig
 from models.base import ModelConfig
 from phonelm.config import CodecConfig, DataConfig
 from phonelm.corpus import EmbeddedSettings
+from phonelm.dataset import CodeDataset
 from phonelm.sampling import GroupSampling, Sampling
 
 
@@ -60,7 +66,15 @@ _MODELS = {
         },
     ),
     "cpu": (
-        ModelConfig(dim=192, dim_head=48, ff_mult=4, local_dim=128, local_depth=2),
+        ModelConfig(
+            dim=192,
+            dim_head=48,
+            ff_mult=4,
+            local_dim=128,
+            local_depth=2,
+            positions="aligned",  # the recipe that made it speak: see the README
+            code_dropout=0.5,
+        ),
         {
             "megabyte": {"depth": 4},
             "valle": {"depth": 3, "nar_depth": 2},
@@ -128,6 +142,38 @@ def check(cfg: RunConfig) -> None:
             GroupSampling(**asdict(getattr(cfg.generate.sampling, group)))
         except ValueError as err:
             raise ConfigError(f"generate.sampling.{group}: {err}") from err
+
+
+def _resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
+    """The model takes the codec's K; a model K set to anything else is an error."""
+    if cfg.model.n_codebooks not in (None, codec_k):
+        raise ConfigError(
+            f"model.n_codebooks={cfg.model.n_codebooks} differs from the codec's K={codec_k} "
+            f"(codec {cfg.codec.name}, codec.n_codebooks={cfg.codec.n_codebooks}, "
+            f"codec.bandwidth={cfg.codec.bandwidth}): set K on the codec only"
+        )
+    return replace(cfg, model=replace(cfg.model, n_codebooks=codec_k))
+
+
+def _resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
+    """Aligned positions with no stride given: the training split's mean frames per phoneme
+    (after the length filters), stored in the resolved config."""
+    if cfg.model.positions != "aligned" or cfg.model.phoneme_stride is not None:
+        return cfg
+    train = CodeDataset(
+        prepared.cache_dir,
+        "train",
+        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
+        max_phonemes=cfg.data.max_phonemes,
+    )
+    stride = round(train.frames_per_phoneme, 4)
+    return replace(cfg, model=replace(cfg.model, phoneme_stride=stride))
+
+
+def resolve(cfg: RunConfig, prepared) -> RunConfig:
+    """The settings a run takes from its prepared data (phonelm.dataset.Prepared): K from the
+    codec, and the phoneme stride of aligned positions from the training split."""
+    return _resolve_stride(_resolve_codebooks(cfg, prepared.codec.n_codebooks), prepared)
 
 
 def preset(name: str, model: str, seed: int = 0) -> RunConfig:

@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from experiments.overrides import ConfigError, apply
-from experiments.presets import GenerateConfig, RunConfig, check, preset
+from experiments.presets import GenerateConfig, RunConfig, check, preset, resolve
 from experiments.train import Trainer, evaluate, loader_for, seed_everything
 from models.registry import BACKENDS, build_backend
 from phonelm import distributed as dist
@@ -82,32 +82,6 @@ def run_config(args, model: str) -> RunConfig:
     }
     extra = [f"train.{key}={value}" for key, value in flags.items() if value is not None]
     return apply(cfg, extra + list(args.set))
-
-
-def resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
-    """The model takes the codec's K; a model K set to anything else is an error."""
-    if cfg.model.n_codebooks not in (None, codec_k):
-        raise ConfigError(
-            f"model.n_codebooks={cfg.model.n_codebooks} differs from the codec's K={codec_k} "
-            f"(codec {cfg.codec.name}, codec.n_codebooks={cfg.codec.n_codebooks}, "
-            f"codec.bandwidth={cfg.codec.bandwidth}): set K on the codec only"
-        )
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_codebooks=codec_k))
-
-
-def resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
-    """Aligned positions with no stride given: the training split's mean frames per phoneme
-    (after the length filters), stored in the resolved config."""
-    if cfg.model.positions != "aligned" or cfg.model.phoneme_stride is not None:
-        return cfg
-    train = CodeDataset(
-        prepared.cache_dir,
-        "train",
-        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
-        max_phonemes=cfg.data.max_phonemes,
-    )
-    stride = round(train.frames_per_phoneme, 4)
-    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, phoneme_stride=stride))
 
 
 def with_new_defaults(saved: dict, current) -> dict:
@@ -243,7 +217,7 @@ def run_one(args, model_name: str) -> dict:
     if not dist.is_main():
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
     rate = prepared.codec.frame_rate
-    cfg = resolve_stride(resolve_codebooks(cfg, prepared.codec.n_codebooks), prepared)
+    cfg = resolve(cfg, prepared)
     check_generation(cfg, rate)
     resolved = check_config(run, cfg)
     model = build_backend(cfg.model)

@@ -11,7 +11,7 @@ K = {"tiny": 2, "cpu": 4, "paper": 8}
 def built(name: str, model: str):
     cfg = preset(name, model)
     assert cfg.model.n_codebooks is None  # K is stated once, on the codec
-    return build_backend(replace(cfg.model, n_codebooks=K[name]))
+    return build_backend(replace(cfg.model, n_codebooks=K[name], phoneme_stride=5.5))
 
 
 @pytest.mark.parametrize("name", ["tiny", "cpu", "paper"])
