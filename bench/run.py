@@ -153,6 +153,18 @@ def train_rows(name, model, batches, device, peak, args) -> dict:
     }
 
 
+def gen_row(name, batch, seconds, took, cached, peak) -> dict:
+    return {
+        "name": name,
+        "batch": batch,
+        "audio_s": seconds,
+        "gen_s": took,
+        "rtf": took / seconds,
+        "cached": cached,
+        "gen_peak_mib": peak,
+    }
+
+
 def generation_rows(name, model, phonemes, frame_rate, device, args) -> list[dict]:
     model.eval()
     stop = model.cfg.codebook_size
@@ -165,17 +177,7 @@ def generation_rows(name, model, phonemes, frame_rate, device, args) -> list[dic
             chooser = NoStop(Sampling(), torch.arange(batch, device=device), stop)
             with PeakMemory(device) as mem, torch.no_grad():
                 took = timed(partial(model.decode, ph, limits=limits, choose=chooser), device)
-            rows.append(
-                {
-                    "name": name,
-                    "batch": batch,
-                    "audio_s": seconds,
-                    "gen_s": took,
-                    "rtf": took / seconds,
-                    "cached": True,
-                    "gen_peak_mib": mem.peak,
-                }
-            )
+            rows.append(gen_row(name, batch, seconds, took, True, mem.peak))
     return rows
 
 
@@ -215,17 +217,7 @@ def peer_megabyte(cfg, batch, frames, device, args) -> tuple[dict, list[dict]]:
         peer.max_seq_len = (n, k)
         with PeakMemory(device) as mem, torch.no_grad():
             took = timed(lambda: peer.generate(default_batch_size=1), device)
-        rows.append(
-            {
-                "name": "peer: MEGABYTE-pytorch",
-                "batch": 1,
-                "audio_s": seconds,
-                "gen_s": took,
-                "rtf": took / seconds,
-                "cached": False,
-                "gen_peak_mib": mem.peak,
-            }
-        )
+        rows.append(gen_row("peer: MEGABYTE-pytorch", 1, seconds, took, False, mem.peak))
     return train, rows
 
 
@@ -262,17 +254,7 @@ def peer_flat(cfg, phonemes, frame_rate, device, args) -> list[dict]:
                     ),
                     device,
                 )
-            rows.append(
-                {
-                    "name": "peer: x-transformers flat",
-                    "batch": batch,
-                    "audio_s": seconds,
-                    "gen_s": took,
-                    "rtf": took / seconds,
-                    "cached": True,
-                    "gen_peak_mib": mem.peak,
-                }
-            )
+            rows.append(gen_row("peer: x-transformers flat", batch, seconds, took, True, mem.peak))
     return rows
 
 
