@@ -279,6 +279,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--matmul", type=int, default=None, help="n of the peak-FLOPs matmul")
     args = ap.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     smoke = args.smoke
     args.steps = args.steps or (2 if smoke else 6)
     args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 def stamp(args, device, peak) -> str:
     return (
-        f"command: `{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`; machine: "
+        f"command: `{' '.join(['python', 'bench/run.py', *args.argv])}`; machine: "
         f"{platform.machine()} {platform.processor() or ''} ({torch.get_num_threads()} threads), "
         f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; "
         f"torch {torch.__version__}; peak fp32 matmul {peak / 1e9:.1f} GFLOP/s"
