@@ -10,9 +10,10 @@ machine, torch's version and the thread count. What is measured:
    batches of the preset's cache; codes/s (K x real frames); model FLOPs/s (models/flops.py);
    MFU = model FLOPs/s / the peak of this machine, taken as a large fp32 matmul timed in the same
    run; the share of step time spent waiting for the next batch.
-2. Generation: real-time factor (compute seconds / audio seconds) for `--seconds` of audio at
-   each `--batches` size, KV-cached (the backends' own decoding), with the stop class masked so
-   every utterance runs to its length; cost growth = time(longest) / time(half of it).
+2. Generation: real-time factor (compute seconds / seconds of audio made, all items of the
+   batch together) for `--seconds` of audio per item at each `--batches` size, KV-cached (the
+   backends' own decoding), with the stop class masked so every utterance runs to its length;
+   cost growth = time(longest) / time(half of it).
 3. Memory: peak RSS during each phase (a sampling thread; CPU) or peak allocated (CUDA).
 4. Data pipeline: seconds of audio per second that the cache build encodes (codec + g2p), read
    from the cache's manifest.
@@ -159,7 +160,7 @@ def gen_row(name, batch, seconds, took, cached, peak) -> dict:
         "batch": batch,
         "audio_s": seconds,
         "gen_s": took,
-        "rtf": took / seconds,
+        "rtf": took / (seconds * batch),  # compute seconds per second of audio made
         "cached": cached,
         "gen_peak_mib": peak,
     }

@@ -32,6 +32,7 @@ def test_smoke_benchmark_measures_every_backend_and_the_peers(tmp_path):
     assert counts == {**dict.fromkeys(BACKENDS, 4), "peer: x-transformers flat": 4,
                       "peer: MEGABYTE-pytorch": 1}  # fmt: skip
     assert (gen.rtf > 0).all() and (gen.gen_s > 0).all()
+    assert (gen.rtf - gen.gen_s / (gen.audio_s * gen.batch)).abs().max() < 1e-9
     md = (out / "bench.md").read_text()
     assert "command: `python bench/run.py --smoke" in md and "torch " in md
     assert "megabyte / MEGABYTE-pytorch training step time" in md
