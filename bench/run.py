@@ -41,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from experiments.presets import preset, resolve  # noqa: E402
 from experiments.train import loader_for, optimizer_for  # noqa: E402
+from models.blocks import heads_for  # noqa: E402
 from models.flops import train_step_flops  # noqa: E402
 from models.registry import BACKENDS, build_backend  # noqa: E402
 from phonelm.dataset import prepare  # noqa: E402
@@ -121,8 +122,8 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def train_rows(name, model, batches, device, peak, args) -> dict:
-    opt = optimizer_for(model, preset("cpu", name).train)
+def train_rows(model, train_cfg, batches, device, peak, args) -> dict:
+    opt = optimizer_for(model, train_cfg)
     model.train()
     steps, waits, codes, flops = [], [], 0, 0
     with PeakMemory(device) as mem:
@@ -193,7 +194,7 @@ def peer_megabyte(cfg, batch, frames, device, args) -> tuple[dict, list[dict]]:
         depth=(cfg.depth, cfg.local_depth),
         max_seq_len=(frames, k),
         dim_head=cfg.dim_head,
-        heads=max(1, cfg.dim // cfg.dim_head),
+        heads=heads_for(cfg.dim, cfg.dim_head),
         ff_mult=cfg.ff_mult,
         flash_attn=True,
     ).to(device)
@@ -234,7 +235,7 @@ def peer_flat(cfg, phonemes, frame_rate, device, args) -> list[dict]:
         attn_layers=Decoder(
             dim=cfg.dim,
             depth=cfg.depth,
-            heads=max(1, cfg.dim // cfg.dim_head),
+            heads=heads_for(cfg.dim, cfg.dim_head),
             attn_dim_head=cfg.dim_head,
             ff_mult=cfg.ff_mult,
             ff_glu=True,
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 prepared.cache_dir, "train", cfg.train, cfg.data, rate, shuffle=True
             )
             batches = iter(loader)
-            row = train_rows(name, model, batches, device, peak, args)
+            row = train_rows(model, cfg.train, batches, device, peak, args)
             train.append({"size": size, "name": name, **row})
             phonemes = [ds[i].phonemes for i in range(8)]
             for r in generation_rows(name, model, phonemes, rate, device, args):
