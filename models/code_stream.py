@@ -20,6 +20,7 @@ from models.blocks import (
     frame_targets,
     pad_phonemes,
 )
+from models.kv_cache import CachedStack, window
 from models.positions import sequence_positions
 from phonelm.sampling import Chooser
 
@@ -81,26 +82,21 @@ class CodeStream(nn.Module):
     def decode(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, choose: Chooser):
         """KV-cached decoding -> (codes [B, S, F_max], lengths [B], stopped [B])."""
         ids, ph_mask = pad_phonemes(phonemes)
-        b = ids.shape[0]
+        (b, p), n = ids.shape, int(limits.max())
+        pos = self._positions(ph_mask, 1 + n * self.k)  # [B, P + 1 + F * S] or None
+        cached = CachedStack(self.stack, batch=b, capacity=p + 1 + n * self.k)
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
-        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        p = ids.shape[1]
-        h, cache = self.stack(x, mask=mask, pos=self._positions(ph_mask, 1), return_hiddens=True)
-        last = h[:, -1]
+        valid = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+        last = cached.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
         out = Decoded(limits, self.k, self.v)
-        for frame in range(out.codes.shape[-1]):
+        for frame in range(n):
             for k in range(self.k):
                 token = choose(self.heads.one(last, k), k, frame, out.codes[:, k, :frame])
                 if out.record(token, k, frame):
                     return out.result()
                 token = out.codes[:, k, frame]
-                mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-                h, cache = self.stack(
-                    self.code_emb(token + k * self.v)[:, None],
-                    mask=mask,
-                    pos=self._positions(ph_mask, mask.shape[1] - p),
-                    cache=cache,
-                    return_hiddens=True,
-                )
-                last = h[:, -1]
+                at = cached.length
+                last = cached.step(
+                    self.code_emb(token + k * self.v)[:, None], pos=window(pos, at, at + 1)
+                )[:, -1]
         return out.result()

@@ -26,6 +26,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
+from models.kv_cache import CachedStack, window
 from models.positions import sequence_positions
 from phonelm.batching import Batch
 
@@ -92,30 +93,29 @@ class MegaByte(Backend):
     def decode(self, phonemes, *, limits, choose):
         cfg = self.cfg
         ids, ph_mask = pad_phonemes(phonemes)
-        b = ids.shape[0]
-        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
-        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        pos = sequence_positions(cfg, ph_mask, 1)
-        g, cache = self.global_stack(x, mask=mask, pos=pos, return_hiddens=True)
+        (b, p), n = ids.shape, int(limits.max())
+        pos = sequence_positions(cfg, ph_mask, n + 1)  # [B, P + 1 + F] or None
+        glob = CachedStack(self.global_stack, batch=b, capacity=p + 1 + n)
+        local = CachedStack(self.local_stack, batch=b, capacity=cfg.n_codebooks)
+        g = glob.step(
+            torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1),
+            pos=window(pos, 0, p + 1),
+            valid=torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1),
+        )
         out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
-        for frame in range(out.codes.shape[-1]):
+        for frame in range(n):
             base = self.to_local(g[:, -1])  # [B, E]
-            token_emb, local_cache = self.local_start.expand(b, -1), None
+            token_emb = self.local_start.expand(b, -1)
+            local.clear()
             for k in range(cfg.n_codebooks):
-                h, local_cache = self.local_stack(
-                    (base + token_emb)[:, None], cache=local_cache, return_hiddens=True
-                )
+                h = local.step((base + token_emb)[:, None])
                 token = choose(self.heads.one(h[:, -1], k), k, frame, out.codes[:, k, :frame])
                 if out.record(token, k, frame):
                     return out.result()
                 token = out.codes[:, k, frame]
                 token_emb = self.local_code_emb(token + k * cfg.codebook_size)
-            mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            g, cache = self.global_stack(
+            g = glob.step(
                 self._patches(out.codes[:, :, frame : frame + 1]),
-                mask=mask,
-                pos=sequence_positions(cfg, ph_mask, frame + 2),
-                cache=cache,
-                return_hiddens=True,
+                pos=window(pos, p + 1 + frame, p + 2 + frame),
             )
         return out.result()
