@@ -12,8 +12,9 @@ machine, torch's version and the thread count. What is measured:
    run; the share of step time spent waiting for the next batch.
 2. Generation: real-time factor (compute seconds / seconds of audio made, all items of the
    batch together) for `--seconds` of audio per item at each `--batches` size, KV-cached (the
-   backends' own decoding), with the stop class masked so every utterance runs to its length;
-   cost growth = time(longest) / time(half of it).
+   backends' own decoding, models/kv_cache.py), and uncached (the whole sequence recomputed
+   every step) at batch 1 for `--peer-seconds`; the stop class is masked so every utterance
+   runs to its length; cost growth = time(longest) / time(half of it), cached.
 3. Memory: peak RSS during each phase (a sampling thread; CPU) or peak allocated (CUDA).
 4. Data pipeline: seconds of audio per second that the cache build encodes (codec + g2p), read
    from the cache's manifest.
@@ -168,18 +169,22 @@ def gen_row(name, batch, seconds, took, cached, peak) -> dict:
 
 
 def generation_rows(name, model, phonemes, frame_rate, device, args) -> list[dict]:
+    """Cached at every --batches x --seconds; uncached (the whole sequence recomputed each step,
+    as the MEGABYTE peer generates) at batch 1 and the peers' lengths."""
     model.eval()
     stop = model.cfg.codebook_size
+    runs = [(b, s, True) for b in args.batches for s in args.seconds]
+    runs += [(1, s, False) for s in args.peer_seconds]
     rows = []
-    for batch in args.batches:
+    for batch, seconds, cached in runs:
         ph = [phonemes[i % len(phonemes)].to(device) for i in range(batch)]
-        for seconds in args.seconds:
-            frames = max(1, round(seconds * frame_rate))
-            limits = torch.full((batch,), frames, device=device)
-            chooser = NoStop(Sampling(), torch.arange(batch, device=device), stop)
-            with PeakMemory(device) as mem, torch.no_grad():
-                took = timed(partial(model.decode, ph, limits=limits, choose=chooser), device)
-            rows.append(gen_row(name, batch, seconds, took, True, mem.peak))
+        frames = max(1, round(seconds * frame_rate))
+        limits = torch.full((batch,), frames, device=device)
+        chooser = NoStop(Sampling(), torch.arange(batch, device=device), stop)
+        decode = partial(model.decode, ph, limits=limits, choose=chooser, cached=cached)
+        with PeakMemory(device) as mem, torch.no_grad():
+            took = timed(decode, device)
+        rows.append(gen_row(name, batch, seconds, took, cached, mem.peak))
     return rows
 
 
@@ -287,7 +292,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args.warmup = args.warmup if args.warmup is not None else (1 if smoke else 2)
     args.seconds = args.seconds or ([0.1, 0.2] if smoke else [5.0, 10.0, 20.0])
     args.batches = args.batches or ([1, 2] if smoke else [1, 8])
-    args.peer_seconds = args.peer_seconds or ([0.1] if smoke else [1.0, 2.0])
+    args.peer_seconds = args.peer_seconds or ([0.1] if smoke else [2.5, 5.0, 10.0])
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
     peak = peak_flops(device, args.matmul or (256 if smoke else 2048))
@@ -342,6 +347,42 @@ def stamp(args, device, peak) -> str:
     )
 
 
+def targets(train: pd.DataFrame, gen: pd.DataFrame, growth: pd.DataFrame, seconds: float):
+    """Issue 10's targets at the first size, as (target, measured, met) rows."""
+    size = train["size"].iloc[0]
+    train, gen = train[train["size"] == size], gen[gen["size"] == size]
+    rows = []
+
+    def add(what, value, ok):
+        rows.append({"target": what, "measured": f"{value:.3g}", "met": "yes" if ok else "no"})
+
+    step = dict(zip(train.name, train.step_s, strict=True))
+    if "megabyte" in step and "peer: MEGABYTE-pytorch" in step:
+        ratio = step["megabyte"] / step["peer: MEGABYTE-pytorch"]
+        add("megabyte training step / MEGABYTE-pytorch's <= 0.8", ratio, ratio <= 0.8)
+    for name, mfu in zip(train.name, train.mfu, strict=True):
+        if not name.startswith("peer") and mfu == mfu:
+            add(f"{name} training MFU >= 30%", 100 * mfu, mfu >= 0.3)
+    one = gen[(gen.batch == 1) & gen.cached & (gen.audio_s == seconds)]
+    rtf = dict(zip(one.name, one.rtf, strict=True))
+    for name, limit in (("megabyte", 0.3), ("valle", 0.3), ("delay", 0.3), ("flat", 1.0)):
+        if name in rtf:
+            add(f"{name} batch-1 RTF at {seconds:g} s <= {limit:g}", rtf[name], rtf[name] <= limit)
+    peers = gen[(gen.batch == 1) & (gen.audio_s == 10.0)]
+    took = {(n, c): t for n, c, t in zip(peers.name, peers.cached, peers.gen_s, strict=True)}
+    for ours, peer, cached in (
+        ("megabyte", "peer: MEGABYTE-pytorch", False),
+        ("flat", "peer: x-transformers flat", True),
+    ):
+        if (ours, True) in took and (peer, cached) in took:
+            speedup = took[(peer, cached)] / took[(ours, True)]
+            add(f"{peer[6:]} / {ours} time for 10 s of audio >= 10", speedup, speedup >= 10)
+    for g in growth[growth["size"] == size].itertuples() if len(growth) else []:
+        if not g.name.startswith("peer"):
+            add(f"{g.name} batch-{g.batch} cost growth <= 2.2", g.growth, g.growth <= 2.2)
+    return pd.DataFrame(rows)
+
+
 def report(args, device, peak, train: pd.DataFrame, gen: pd.DataFrame) -> pd.DataFrame:
     import matplotlib
 
@@ -376,6 +417,14 @@ def report(args, device, peak, train: pd.DataFrame, gen: pd.DataFrame) -> pd.Dat
         f"## Cost growth: time({longest:g} s) / time({half:g} s)",
         "",
         pd.DataFrame(growth).to_markdown(index=False, floatfmt=".3g") if growth else "(n/a)",
+        "",
+        "## Targets (issue 10)",
+        "",
+        (
+            goals.to_markdown(index=False)
+            if len(goals := targets(train, gen, pd.DataFrame(growth), longest))
+            else "(n/a)"
+        ),
         "",
         "## Data pipeline",
         "",

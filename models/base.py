@@ -80,10 +80,19 @@ class Backend(nn.Module, ABC):
     def forward(self, batch: Batch) -> ForwardOutput: ...
 
     @abstractmethod
-    def decode(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, choose: Chooser):
+    def decode(
+        self,
+        phonemes: list[torch.Tensor],
+        *,
+        limits: torch.Tensor,
+        choose: Chooser,
+        cached: bool = True,
+    ):
         """-> (codes [B, K, F_max], lengths [B], stopped [B]); item b gets at most limits[b]
         frames. Codebook k of frame f is chosen by `choose(logits, k, f, history)` (or, for a
-        stage filling all frames at once, `choose.all_frames(logits, k)`)."""
+        stage filling all frames at once, `choose.all_frames(logits, k)`). Autoregressive steps
+        use a static key/value cache, or with cached=False recompute the whole sequence each
+        step (models/kv_cache.py): the codes are the same."""
 
     @abstractmethod
     def forward_flops(self, batch: Batch) -> int:
@@ -97,6 +106,7 @@ class Backend(nn.Module, ABC):
         max_frames: Sequence[int] | int,
         sampling: Sampling,
         seeds: Sequence[int],
+        cached: bool = True,
     ) -> list[Generated]:
         """Codes for each phoneme sequence ([P] ids), batched. Item i gets at most max_frames[i]
         frames and its own random stream from seeds[i] (utterance_seed): its codes do not depend
@@ -111,7 +121,7 @@ class Backend(nn.Module, ABC):
             )
         chooser = Chooser(sampling, torch.tensor(list(seeds), dtype=torch.long, device=device))
         codes, lengths, stopped = self.decode(
-            phonemes, limits=torch.tensor(limits, device=device), choose=chooser
+            phonemes, limits=torch.tensor(limits, device=device), choose=chooser, cached=cached
         )
         return [Generated(codes[i, :, : int(lengths[i])].cpu(), bool(stopped[i])) for i in range(n)]
 

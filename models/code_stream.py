@@ -20,7 +20,7 @@ from models.blocks import (
     frame_targets,
     pad_phonemes,
 )
-from models.kv_cache import CachedStack, window
+from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
 from phonelm.sampling import Chooser
 
@@ -79,15 +79,22 @@ class CodeStream(nn.Module):
         return frame_targets(codes, lengths, self.v)
 
     @torch.no_grad()
-    def decode(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, choose: Chooser):
+    def decode(
+        self,
+        phonemes: list[torch.Tensor],
+        *,
+        limits: torch.Tensor,
+        choose: Chooser,
+        cached: bool = True,
+    ):
         """KV-cached decoding -> (codes [B, S, F_max], lengths [B], stopped [B])."""
         ids, ph_mask = pad_phonemes(phonemes)
         (b, p), n = ids.shape, int(limits.max())
         pos = self._positions(ph_mask, 1 + n * self.k)  # [B, P + 1 + F * S] or None
-        cached = CachedStack(self.stack, batch=b, capacity=p + 1 + n * self.k)
+        decoder = stack_decoder(self.stack, batch=b, capacity=p + 1 + n * self.k, cached=cached)
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         valid = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        last = cached.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
+        last = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
         out = Decoded(limits, self.k, self.v)
         for frame in range(n):
             for k in range(self.k):
@@ -95,8 +102,8 @@ class CodeStream(nn.Module):
                 if out.record(token, k, frame):
                     return out.result()
                 token = out.codes[:, k, frame]
-                at = cached.length
-                last = cached.step(
+                at = decoder.length
+                last = decoder.step(
                     self.code_emb(token + k * self.v)[:, None], pos=window(pos, at, at + 1)
                 )[:, -1]
         return out.result()

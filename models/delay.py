@@ -24,7 +24,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
-from models.kv_cache import CachedStack, window
+from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
 from phonelm.batching import Batch
 
@@ -84,16 +84,16 @@ class Delay(Backend):
         )
 
     @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose):
+    def decode(self, phonemes, *, limits, choose, cached=True):
         cfg = self.cfg
         k, v = cfg.n_codebooks, cfg.codebook_size
         ids, ph_mask = pad_phonemes(phonemes)
         (b, p), n = ids.shape, int(limits.max())
         pos = sequence_positions(cfg, ph_mask, n + k)  # [B, P + 1 + F + K - 1] or None
-        cached = CachedStack(self.stack, batch=b, capacity=p + n + k)
+        decoder = stack_decoder(self.stack, batch=b, capacity=p + n + k, cached=cached)
         x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
         valid = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
-        h = cached.step(x, pos=window(pos, 0, p + 1), valid=valid)
+        h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)
         codes = torch.zeros(b, k, int(limits.max()), dtype=torch.long, device=ids.device)
         lengths, stopped = limits.clone(), torch.zeros(b, dtype=torch.bool, device=ids.device)
         decided = limits <= 0  # the length of each item is known (stop, or its guard)
@@ -112,7 +112,7 @@ class Delay(Backend):
                 step[:, i] = torch.where(f < lengths, codes[:, i, f], v)
             if bool((decided & (lengths + k - 1 <= s + 1)).all()):
                 break
-            h = cached.step(
+            h = decoder.step(
                 self._embed_steps(step[:, :, None]), pos=window(pos, p + 1 + s, p + 2 + s)
             )
         return codes[..., : int(lengths.max())], lengths, stopped

@@ -27,5 +27,5 @@ class Flat(Backend):
         (b, p), f = batch.phonemes.shape, batch.codes.shape[-1]
         return self.stream.logits_flops(b, p, f)
 
-    def decode(self, phonemes, *, limits, choose):
-        return self.stream.decode(phonemes, limits=limits, choose=choose)
+    def decode(self, phonemes, *, limits, choose, cached=True):
+        return self.stream.decode(phonemes, limits=limits, choose=choose, cached=cached)

@@ -222,3 +222,45 @@ class CachedStack:
 def window(pos: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
     """Positions [B, L] -> [B, end - start] of tokens start..end-1 (None stays None)."""
     return None if pos is None else pos[:, start:end]
+
+
+class Recompute:
+    """`CachedStack`'s interface without a cache: every step runs x-transformers' stack over the
+    whole sequence so far (quadratic; the reference that cached decoding must reproduce, and the
+    uncached baseline of bench/run.py)."""
+
+    def __init__(self, stack: Decoder, *, batch: int, capacity: int):
+        self.stack, self.capacity = stack, capacity
+        self.clear()
+
+    def clear(self) -> None:
+        self.x, self.pos, self.valid, self.length = [], [], [], 0
+
+    @torch.no_grad()
+    def step(
+        self,
+        x: torch.Tensor,
+        *,
+        pos: torch.Tensor | None = None,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        b, n, _ = x.shape
+        if self.length + n > self.capacity:
+            raise ValueError(f"Recompute holds {self.capacity} tokens; {self.length + n} were fed")
+        if pos is None:
+            pos = torch.arange(self.length, self.length + n, device=x.device).expand(b, -1)
+        self.x.append(x)
+        self.pos.append(pos.expand(b, -1))
+        self.valid.append(
+            torch.ones(b, n, dtype=torch.bool, device=x.device) if valid is None else valid
+        )
+        self.length += n
+        out = self.stack(
+            torch.cat(self.x, 1), mask=torch.cat(self.valid, 1), pos=torch.cat(self.pos, 1)
+        )
+        return out[:, -n:]
+
+
+def stack_decoder(stack: Decoder, *, batch: int, capacity: int, cached: bool = True):
+    """A `CachedStack`, or with cached=False a `Recompute` of the whole sequence every step."""
+    return (CachedStack if cached else Recompute)(stack, batch=batch, capacity=capacity)

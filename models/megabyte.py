@@ -26,7 +26,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
 )
-from models.kv_cache import CachedStack, window
+from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
 from phonelm.batching import Batch
 
@@ -90,13 +90,13 @@ class MegaByte(Backend):
         )
 
     @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose):
+    def decode(self, phonemes, *, limits, choose, cached=True):
         cfg = self.cfg
         ids, ph_mask = pad_phonemes(phonemes)
         (b, p), n = ids.shape, int(limits.max())
         pos = sequence_positions(cfg, ph_mask, n + 1)  # [B, P + 1 + F] or None
-        glob = CachedStack(self.global_stack, batch=b, capacity=p + 1 + n)
-        local = CachedStack(self.local_stack, batch=b, capacity=cfg.n_codebooks)
+        glob = stack_decoder(self.global_stack, batch=b, capacity=p + 1 + n, cached=cached)
+        local = stack_decoder(self.local_stack, batch=b, capacity=cfg.n_codebooks, cached=cached)
         g = glob.step(
             torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1),
             pos=window(pos, 0, p + 1),

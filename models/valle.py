@@ -113,8 +113,10 @@ class Valle(Backend):
         return self.ar.logits_flops(b, p, f) + (stages * nar if cfg.n_codebooks > 1 else 0)
 
     @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose):
-        codes, lengths, stopped = self.ar.decode(phonemes, limits=limits, choose=choose)
+    def decode(self, phonemes, *, limits, choose, cached=True):
+        codes, lengths, stopped = self.ar.decode(
+            phonemes, limits=limits, choose=choose, cached=cached
+        )
         b, f = codes.shape[0], codes.shape[-1]
         full = torch.zeros(b, self.cfg.n_codebooks, f, dtype=torch.long, device=codes.device)
         full[:, 0] = codes[:, 0]

@@ -210,6 +210,20 @@ def test_an_utterance_decodes_the_same_alone_and_in_any_batch(model):
     assert not torch.equal(alone.codes, other.codes)
 
 
+def test_cached_and_uncached_decoding_give_the_same_codes(model):
+    """The static cache (models/kv_cache.py) against recomputing the whole sequence each step
+    with x-transformers, sampling every codebook under per-utterance seeds, padded batch."""
+    gen = torch.Generator().manual_seed(5)
+    phonemes = [torch.randint(4, 78, (n,), generator=gen) for n in (7, 3, 10)]
+    policy = Sampling(fine=GroupSampling(temperature=1.0, top_k=50))
+    args = dict(max_frames=[9, 5, 7], sampling=policy, seeds=[4, 5, 6])
+    cached = model.generate(phonemes, **args)
+    uncached = model.generate(phonemes, **args, cached=False)
+    for a, b in zip(cached, uncached, strict=True):
+        assert a.codes.shape[1] > 0 and a.stopped == b.stopped
+        assert torch.equal(a.codes, b.codes)
+
+
 def test_the_length_guard_is_per_utterance(model):
     phonemes = [torch.randint(4, 78, (6,)), torch.randint(4, 78, (9,))]
     out = model.generate(phonemes, max_frames=[2, 5], sampling=Sampling(), seeds=[1, 2])
