@@ -2,10 +2,13 @@
 
 Within a preset, backends are matched:
 - in non-embedding parameters (±5%): everything but the code/phoneme embeddings and the output
-  heads over codes, whose size follows the vocabulary, not the model. Each backend's depths are
-  set to land there; totals are reported beside them (tests/test_presets.py checks both).
-  VALL-E's split is AR deeper than NAR (cpu: 3 + 2 layers): its AR alone must learn the
-  phoneme -> frame alignment and when to stop, while the NAR refines frames whose timing is set.
+  heads over codes, whose size follows the vocabulary, not the model. A preset states the
+  shared shape and the reference backend's (megabyte's) depth; every other backend's depth
+  settings (`Backend.depth_settings`) are derived to land nearest to its count
+  (`matched_depths`), so adding a backend adds no line here; totals are reported beside them
+  (tests/test_presets.py checks both). VALL-E's split comes out AR deeper than NAR (cpu: 3 + 2
+  layers): its AR alone must learn the phoneme -> frame alignment and when to stop, while the
+  NAR refines frames whose timing is set.
 - in training compute: `cpu` ends every backend at the same `train.budget_flops` (model FLOPs
   counted from the real batches, models/flops.py), sized so that the slowest backend in
   FLOPs per second trains about 15 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
@@ -18,11 +21,17 @@ The `cpu` preset's shared recipe (README, "What made it speak"): aligned rotary 
 no code dropout until the recipe is screened on LJSpeech.
 """
 
+import functools
+import itertools
 from dataclasses import asdict, dataclass, field, replace
+
+import torch
 
 from experiments.overrides import ConfigError
 from experiments.train import TrainConfig
 from models.base import ModelConfig
+from models.registry import BACKENDS, build_backend
+from phonelm.codecs.encodec import BANDWIDTHS
 from phonelm.config import CodecConfig, DataConfig
 from phonelm.corpus import EmbeddedSettings
 from phonelm.dataset import CodeDataset
@@ -54,44 +63,69 @@ class RunConfig:
 # FLOPs per second on 2 CPU cores (measured by bench/run.py; see the README).
 CPU_BUDGET_FLOPS = 9.0e13
 
-# Per preset: the shared model shape, then each backend's own depths (matched parameter counts).
+# Per preset: the shared model shape with the reference backend's depth; every other backend's
+# depths are derived from it (matched_depths), so a new backend needs no line here.
+REFERENCE = "megabyte"
 _MODELS = {
-    "tiny": (
-        ModelConfig(dim=32, dim_head=32, ff_mult=2, local_dim=32, local_depth=1),
-        {
-            "megabyte": {"depth": 4},
-            "valle": {"depth": 3, "nar_depth": 2},
-            "flat": {"depth": 5},
-            "delay": {"depth": 5},
-        },
+    "tiny": ModelConfig(dim=32, dim_head=32, ff_mult=2, local_dim=32, local_depth=1, depth=4),
+    "cpu": ModelConfig(
+        dim=192,
+        dim_head=48,
+        ff_mult=4,
+        local_dim=128,
+        local_depth=2,
+        depth=4,
+        positions="aligned",  # the recipe that made it speak: see the README
+        code_dropout=0.5,
     ),
-    "cpu": (
-        ModelConfig(
-            dim=192,
-            dim_head=48,
-            ff_mult=4,
-            local_dim=128,
-            local_depth=2,
-            positions="aligned",  # the recipe that made it speak: see the README
-            code_dropout=0.5,
-        ),
-        {
-            "megabyte": {"depth": 4},
-            "valle": {"depth": 3, "nar_depth": 2},
-            "flat": {"depth": 5},
-            "delay": {"depth": 5},
-        },
-    ),
-    "paper": (
-        ModelConfig(dim=768, dim_head=64, ff_mult=4, local_dim=384, local_depth=4, dropout=0.1),
-        {
-            "megabyte": {"depth": 11},
-            "valle": {"depth": 6, "nar_depth": 6},
-            "flat": {"depth": 12},
-            "delay": {"depth": 12},
-        },
+    "paper": ModelConfig(
+        dim=768, dim_head=64, ff_mult=4, local_dim=384, local_depth=4, depth=11, dropout=0.1
     ),
 }
+# K is stated once per preset, on its codec
+_CODECS = {
+    "tiny": CodecConfig(name="mel-rvq", n_codebooks=2),
+    "cpu": CodecConfig(name="mel-rvq", n_codebooks=4),
+    "paper": CodecConfig(name="encodec", weights="pretrained", bandwidth=6.0),
+}
+
+
+def _codec_k(codec: CodecConfig) -> int:
+    return BANDWIDTHS[codec.bandwidth] if codec.bandwidth is not None else codec.n_codebooks
+
+
+def _non_embedding(cfg: ModelConfig) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        return build_backend(cfg).num_params(non_embedding=True)
+
+
+@functools.cache
+def matched_depths(preset_name: str, model: str) -> dict[str, int]:
+    """The depth settings (`Backend.depth_settings`) of `model` whose non-embedding parameter
+    count is nearest to the reference backend's at preset `preset_name`; among equals, the
+    most even split, then the deeper first setting (VALL-E: AR 3 + NAR 2, not 2 + 3 or 4 + 1)."""
+    k = _codec_k(_CODECS[preset_name])
+    base = replace(_MODELS[preset_name], n_codebooks=k, phoneme_stride=1.0)
+    target = _non_embedding(replace(base, name=REFERENCE))
+    settings = BACKENDS[model].depth_settings
+    if model == REFERENCE:
+        return {key: getattr(base, key) for key in settings}
+
+    def count(values) -> int:
+        return _non_embedding(replace(base, name=model, **dict(zip(settings, values, strict=True))))
+
+    # each layer adds a fixed count, so the count is linear in the depths: measure each slope
+    ones = (1,) * len(settings)
+    floor = count(ones)
+    slopes = [count(ones[:i] + (2,) + ones[i + 1 :]) - floor for i in range(len(settings))]
+    candidates = itertools.product(range(1, 3 * base.depth + 1), repeat=len(settings))
+
+    def rank(values):
+        predicted = floor + sum(s * (v - 1) for s, v in zip(slopes, values, strict=True))
+        return abs(predicted - target), max(values) - min(values), [-v for v in values]
+
+    best = min(candidates, key=rank)
+    return dict(zip(settings, best, strict=True))
 
 
 def _positive(v) -> bool:
@@ -116,6 +150,7 @@ _CHECKS = [
     *((f"train.{f}", _positive, "a number > 0") for f in
       ("lr", "budget_flops", "max_minutes", "grad_clip")),
     ("train.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.prompt_fraction", lambda v: 0 <= v <= 1, "a share in [0, 1]"),
     ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
     ("data.max_seconds", _positive, "a number of seconds > 0"),
     ("data.max_phonemes", _at_least_one, "an integer >= 1"),
@@ -187,10 +222,9 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
 def _preset(name: str, model: str, seed: int) -> RunConfig:
     if name not in _MODELS:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {sorted(_MODELS)}")
-    base, per_model = _MODELS[name]
-    if model not in per_model:
-        raise ConfigError(f"unknown model {model!r}; valid models: {sorted(per_model)}")
-    model_cfg = replace(base, name=model, **per_model[model])
+    if model not in BACKENDS:
+        raise ConfigError(f"unknown model {model!r}; valid models: {sorted(BACKENDS)}")
+    model_cfg = replace(_MODELS[name], name=model, **matched_depths(name, model))
     if name == "tiny":
         return RunConfig(
             preset=name,
@@ -198,7 +232,7 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
             data=DataConfig(
                 embedded=EmbeddedSettings(n_sentences=48), fit_seconds=60, max_seconds=6.0
             ),
-            codec=CodecConfig(name="mel-rvq", n_codebooks=2),
+            codec=replace(_CODECS[name]),
             model=model_cfg,
             train=TrainConfig(
                 steps=20,
@@ -216,7 +250,7 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
             preset=name,
             seed=seed,
             data=DataConfig(),
-            codec=CodecConfig(name="mel-rvq", n_codebooks=4),
+            codec=replace(_CODECS[name]),
             model=model_cfg,
             train=TrainConfig(
                 steps=100_000,  # the FLOPs budget ends training first
@@ -235,7 +269,7 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
         preset=name,
         seed=seed,
         data=DataConfig(corpus="ljspeech", max_seconds=15.0),
-        codec=CodecConfig(name="encodec", weights="pretrained", bandwidth=6.0),
+        codec=replace(_CODECS[name]),
         model=model_cfg,
         train=TrainConfig(
             steps=100_000,

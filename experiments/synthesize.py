@@ -3,6 +3,8 @@ says otherwise, its saved generation settings (decoding policy and length guard)
 
 python experiments/synthesize.py RUN_DIR "Any text you like." -o out.wav
 python experiments/synthesize.py RUN_DIR --file lines.txt -o out_dir/ --coarse-temperature 0.8
+python experiments/synthesize.py RUN_DIR "and then it continues." --prompt-wav p.wav \
+    --prompt-text "What the prompt says,"      # VALL-E's continuation: the wav is the continuation
 """
 
 import argparse
@@ -17,7 +19,7 @@ from experiments.presets import GenerateConfig
 from experiments.run import guard_frames
 from models.base import ModelConfig
 from models.registry import build_backend
-from phonelm.audio import save_audio
+from phonelm.audio import load_audio, save_audio
 from phonelm.run_dir import RunDir, RunDirError
 from phonelm.sampling import GroupSampling, Sampling, utterance_seed
 from phonelm.text import Phonemizer, TextError
@@ -92,20 +94,28 @@ def main(argv: list[str] | None = None) -> list[Path]:
     ap.add_argument("--file", help="one utterance per line")
     ap.add_argument("-o", "--output", default="out.wav", help="wav file (text) or folder (--file)")
     ap.add_argument("--max-seconds", type=float, help="length guard (default: the run's)")
+    ap.add_argument("--prompt-wav", help="acoustic prompt to continue (with --prompt-text)")
+    ap.add_argument("--prompt-text", help="what the prompt wav says")
     _add_sampling_flags(ap)
     args = ap.parse_args(argv)
     if (args.text is None) == (args.file is None):
         ap.error("give either TEXT or --file")
+    if (args.prompt_wav is None) != (args.prompt_text is None):
+        ap.error("--prompt-wav and --prompt-text go together")
     try:
         lines = [args.text] if args.file is None else Path(args.file).read_text().splitlines()
     except (OSError, UnicodeDecodeError) as err:
         ap.exit(1, f"cannot read --file {args.file}: {err}\n")
     lines = [line for line in lines if line.strip()] if args.file else lines
     phonemizer = Phonemizer()
+    lead = "" if args.prompt_text is None else args.prompt_text.strip() + " "
     try:
-        phonemes = [torch.tensor(phonemizer(line).ids) for line in lines]
+        phonemes = [torch.tensor(phonemizer(lead + line).ids) for line in lines]
         model, codec, generate = load_trained(args.run_dir)
-    except (TextError, RunDirError) as err:
+        prompts = None
+        if args.prompt_wav is not None:
+            prompts = [codec.encode(*load_audio(args.prompt_wav))] * len(lines)
+    except (TextError, RunDirError, ValueError) as err:
         ap.exit(1, f"cannot synthesise: {err}\n")
     if args.max_seconds is not None:
         generate = replace(generate, max_seconds=args.max_seconds)
@@ -115,6 +125,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         max_frames=[guard_frames(generate, len(p), codec.frame_rate) for p in phonemes],
         sampling=sampling,
         seeds=[utterance_seed(sampling.seed, line) for line in lines],
+        prompts=prompts,
     )
     out = Path(args.output)
     paths = [out] if args.file is None else [out / f"{i:04d}.wav" for i in range(len(lines))]

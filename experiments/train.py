@@ -57,6 +57,9 @@ class TrainConfig:
     log_every: int = 10
     num_workers: int = 0
     seed: int = 0
+    # share of micro-batches whose utterances' leading 10-50% is an acoustic prompt, without
+    # loss (VALL-E's continuation; phonelm/batching.py `Batch.with_prompts`); 0: none
+    prompt_fraction: float = 0.0
 
 
 def seed_everything(seed: int) -> None:
@@ -316,6 +319,19 @@ class Trainer:
             return "max_minutes"
         return None
 
+    def _maybe_prompted(self, batch, micro: int):
+        """A `prompt_fraction` share of micro-batches get acoustic prompts; the draw depends
+        only on (seed, step, micro-batch, rank), so a resumed run draws the same."""
+        if self.cfg.prompt_fraction == 0:
+            return batch
+        key = ((self.cfg.seed * 1_000_003 + self.step) * 64 + micro) * 4096 + dist.rank()
+        gen = torch.Generator().manual_seed(key)
+        return (
+            batch.with_prompts(gen)
+            if float(torch.rand((), generator=gen)) < (self.cfg.prompt_fraction)
+            else batch
+        )
+
     def _train_step(self, batches) -> dict:
         """One optimiser step; -> its loss, grad norm and counts, summed over all ranks."""
         cfg = self.cfg
@@ -325,7 +341,7 @@ class Trainer:
             group["lr"] = lr
         loss_sum, codes, flops = torch.zeros((), device=self.device), 0, 0
         for micro in range(self.accum):
-            batch = next(batches).to(self.device)
+            batch = self._maybe_prompted(next(batches), micro).to(self.device)
             flops += train_step_flops(self.model, batch)
             codes += batch.codes.shape[1] * int(batch.code_lengths.sum())  # K x real frames
             sync = micro == self.accum - 1 or self.world == 1

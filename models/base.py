@@ -8,12 +8,14 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from models.patterns import Pattern
 from phonelm.batching import Batch
-from phonelm.sampling import Chooser, Sampling
+from phonelm.sampling import Chooser, Prompted, Sampling
 from phonelm.text import VOCAB
 
 
@@ -58,10 +60,19 @@ class Generated:
 class Backend(nn.Module, ABC):
     """A phonemes -> codes model. Subclasses: keyword-only constructor from a ModelConfig.
 
-    Subclasses implement `forward` (teacher-forced loss and per-codebook NLL), `decode` (codes
-    for a batch, choosing each code with a `Chooser`) and `forward_flops` (the matmul FLOPs of
-    `forward` on a batch, in the current train/eval mode; see models/flops.py).
+    `pattern_name` names the code ordering the backend models (models/patterns.py);
+    `self.pattern` is that ordering at the config's K. tests/test_backends.py checks that the
+    backend's teacher-forced logits for a code never depend on a code its pattern hides.
+
+    Subclasses implement `forward` (teacher-forced loss and per-codebook NLL), `logits` (the
+    teacher-forced logits it comes from), `decode` (codes for a batch, choosing each code with a
+    `Chooser`) and `forward_flops` (the matmul FLOPs of `forward` on a batch, in the current
+    train/eval mode; see models/flops.py).
     """
+
+    pattern_name: ClassVar[str]
+    # the ModelConfig fields that set its size; presets derive them (experiments/presets.py)
+    depth_settings: ClassVar[tuple[str, ...]] = ("depth",)
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -75,9 +86,15 @@ class Backend(nn.Module, ABC):
                 f"got {cfg.phoneme_stride}"
             )
         self.cfg = cfg
+        self.pattern = Pattern(self.pattern_name, cfg.n_codebooks)
 
     @abstractmethod
     def forward(self, batch: Batch) -> ForwardOutput: ...
+
+    @abstractmethod
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """[B, F + 1, K, V + 1] teacher-forced: [b, f, k] predicts codebook k of frame f, and
+        [b, F_b, 0]'s class V is the stop decision (-inf where a class cannot occur)."""
 
     @abstractmethod
     def decode(
@@ -107,23 +124,44 @@ class Backend(nn.Module, ABC):
         sampling: Sampling,
         seeds: Sequence[int],
         cached: bool = True,
+        prompts: Sequence[torch.Tensor] | None = None,
     ) -> list[Generated]:
         """Codes for each phoneme sequence ([P] ids), batched. Item i gets at most max_frames[i]
         frames and its own random stream from seeds[i] (utterance_seed): its codes do not depend
-        on its batch mates."""
+        on its batch mates.
+
+        With `prompts` (codes [K, N_i] each, N_i may be 0): VALL-E's continuation. Item i's
+        phonemes are then those of its prompt's text and its own text; the model is fed the
+        prompt's codes and continues them, and only the continuation (at most max_frames[i]
+        frames) is returned."""
         device = phonemes[0].device
         n = len(phonemes)
         limits = [max_frames] * n if isinstance(max_frames, int) else list(max_frames)
-        if len(limits) != n or len(seeds) != n:
+        if len(limits) != n or len(seeds) != n or (prompts is not None and len(prompts) != n):
             raise ValueError(
-                f"{n} phoneme sequences need {n} max_frames and seeds, got "
-                f"{len(limits)} and {len(seeds)}"
+                f"{n} phoneme sequences need {n} max_frames, seeds (and prompts), got "
+                f"{len(limits)}, {len(seeds)} (and {n if prompts is None else len(prompts)})"
             )
         chooser = Chooser(sampling, torch.tensor(list(seeds), dtype=torch.long, device=device))
+        held = torch.zeros(n, dtype=torch.long)  # prompt frames per item
+        if prompts is not None:
+            k = self.cfg.n_codebooks
+            if any(p.dim() != 2 or p.shape[0] != k for p in prompts):
+                shapes = [tuple(p.shape) for p in prompts]
+                raise ValueError(f"prompts must be codes [K={k}, N], got shapes {shapes}")
+            held = torch.tensor([p.shape[1] for p in prompts])
+            padded = torch.zeros(n, k, max(1, int(held.max())), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                padded[i, :, : p.shape[1]] = p
+            chooser = Prompted(chooser, padded.to(device), held.to(device))
+            limits = [limit + int(h) for limit, h in zip(limits, held, strict=True)]
         codes, lengths, stopped = self.decode(
             phonemes, limits=torch.tensor(limits, device=device), choose=chooser, cached=cached
         )
-        return [Generated(codes[i, :, : int(lengths[i])].cpu(), bool(stopped[i])) for i in range(n)]
+        return [
+            Generated(codes[i, :, int(held[i]) : int(lengths[i])].cpu(), bool(stopped[i]))
+            for i in range(n)
+        ]
 
     def num_params(self, *, non_embedding: bool = False) -> int:
         """All parameters, or only those outside the vocabulary tables: the embeddings of

@@ -64,12 +64,21 @@ def pad_phonemes(seqs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     return left_align(right, lengths)
 
 
-def frame_targets(codes: torch.Tensor, lengths: torch.Tensor, stop: int) -> torch.Tensor:
-    """codes [B, K, F] (-1 padded) -> targets [B, F + 1, K]: codes, then `stop` at (F_b, k=0)."""
+def frame_targets(
+    codes: torch.Tensor,
+    lengths: torch.Tensor,
+    stop: int,
+    prompt_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """codes [B, K, F] (-1 padded) -> targets [B, F + 1, K]: codes, then `stop` at (F_b, k=0);
+    -1 (no loss) on each utterance's first prompt_lengths[b] frames, its acoustic prompt."""
     b, k, f = codes.shape
     targets = torch.full((b, f + 1, k), -1, dtype=torch.long, device=codes.device)
     targets[:, :f] = rearrange(codes, "b k f -> b f k")
     targets[torch.arange(b, device=codes.device), lengths, 0] = stop
+    if prompt_lengths is not None:
+        prompt = torch.arange(f + 1, device=codes.device)[None] < prompt_lengths[:, None]
+        targets = targets.masked_fill(prompt[..., None], -1)
     return targets
 
 
@@ -128,35 +137,48 @@ class CodebookHeads(nn.Module):
 
 
 class Decoded:
-    """Codes being generated for a batch, with each item's stop decision and length guard.
+    """Codes being generated for a batch, with each item's stop decision and length guard, for
+    any ordering that fills each codebook frame by frame (every pattern here does).
 
     `codes` [B, K, max(limits)]; `record(token, k, frame)` stores a chosen token (a stop on
-    codebook 0 ends that item at `frame`; an item whose frame reaches its own limit ends there,
-    unstopped) and says whether every item has ended.
+    codebook 0 before an item's current length ends that item at `frame`; an item that never
+    stops ends at its own limit, unstopped) and says whether every item is done: its length is
+    known and every codebook is filled up to it (delay's tail included).
     """
 
     def __init__(self, limits: torch.Tensor, n_codebooks: int, stop: int):
-        b, self.k, self.stop = limits.shape[0], n_codebooks, stop
+        b, self.stop = limits.shape[0], stop
         self.codes = torch.zeros(
             b, n_codebooks, int(limits.max()), dtype=torch.long, device=limits.device
         )
         self.lengths = limits.clone()
         self.stopped = torch.zeros(b, dtype=torch.bool, device=limits.device)
-        self.ended = limits <= 0
+        self.filled = [0] * n_codebooks  # frames recorded so far, per codebook
 
     def record(self, token: torch.Tensor, k: int, frame: int) -> bool:
         if k == 0:
-            now = (token == self.stop) & ~self.ended
+            now = (token == self.stop) & (frame < self.lengths)
             self.lengths[now] = frame
-            self.stopped, self.ended = self.stopped | now, self.ended | now
-            if self.ended.all():
-                return True
+            self.stopped = self.stopped | now
         self.codes[:, k, frame] = token.clamp_max(self.stop - 1)
-        if k == self.k - 1:
-            self.ended = self.ended | (self.lengths <= frame + 1)
-            return bool(self.ended.all())
-        return False
+        self.filled[k] = frame + 1
+        return min(self.filled) >= int(self.lengths.max())
 
     def result(self):
         """-> (codes [B, K, F_max] cut to the longest, lengths [B], stopped [B])."""
         return self.codes[..., : int(self.lengths.max())], self.lengths, self.stopped
+
+
+def phoneme_prefix(
+    emb: nn.Embedding, bos: torch.Tensor, ids: torch.Tensor, ph_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ids [B, P] -> the [phonemes; BOS] inputs [B, P + 1, D] every autoregressive
+    backend starts from, and their valid mask [B, P + 1]."""
+    b = ids.shape[0]
+    x = torch.cat([emb(ids), bos.expand(b, 1, -1)], dim=1)
+    return x, torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+
+
+def codebook_offsets(n_codebooks: int, size: int, device) -> torch.Tensor:
+    """[K]: k * size, to index codebook-specific rows of one embedding table."""
+    return torch.arange(n_codebooks, device=device) * size

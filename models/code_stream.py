@@ -7,7 +7,6 @@ the extra stop class, predicted where the next frame would start.
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from models import flops
@@ -16,11 +15,14 @@ from models.blocks import (
     CodebookHeads,
     Decoded,
     attention_stack,
+    codebook_offsets,
     drop_codes,
     frame_targets,
     pad_phonemes,
+    phoneme_prefix,
 )
 from models.kv_cache import stack_decoder, window
+from models.patterns import Pattern
 from models.positions import sequence_positions
 from phonelm.sampling import Chooser
 
@@ -29,6 +31,7 @@ class CodeStream(nn.Module):
     def __init__(self, cfg: ModelConfig, *, n_streams: int, depth: int):
         super().__init__()
         self.cfg, self.depth = cfg, depth
+        self.pattern = Pattern("flat", n_streams)
         self.k, self.v = n_streams, cfg.codebook_size
         self.phoneme_emb = nn.Embedding(cfg.n_phonemes, cfg.dim)
         self.code_emb = nn.Embedding(n_streams * cfg.codebook_size, cfg.dim)
@@ -37,11 +40,10 @@ class CodeStream(nn.Module):
         self.heads = CodebookHeads(cfg.dim, n_streams, cfg.codebook_size)
 
     def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, S, F] -> [B, F * S, D], codebook-specific, frame-major."""
-        offset = torch.arange(self.k, device=codes.device)[None, :, None] * self.v
-        emb = self.code_emb(codes.clamp_min(0) + offset)  # [B, S, F, D]
-        emb = drop_codes(emb, self.cfg.code_dropout, self.training)
-        return rearrange(emb, "b s f d -> b (f s) d")
+        """codes [B, S, F] -> [B, F * S, D], codebook-specific, in the flat (frame-major) order."""
+        offset = codebook_offsets(self.k, self.v, codes.device)[None, :, None]
+        tokens = self.pattern.build(codes.clamp_min(0) + offset, empty=0)  # [B, 1, F * S]
+        return drop_codes(self.code_emb(tokens[:, 0]), self.cfg.code_dropout, self.training)
 
     def _positions(self, ph_mask: torch.Tensor, n_audio: int) -> torch.Tensor | None:
         """[B, P + n_audio] rotary positions (start token then codes), or None."""
@@ -58,16 +60,14 @@ class CodeStream(nn.Module):
         b, p = phonemes.shape
         f = codes.shape[-1]
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]  # [B, F]
-        x = torch.cat(
-            [self.phoneme_emb(phonemes), self.bos.expand(b, 1, -1), self._embed_codes(codes)], dim=1
-        )
-        mask = torch.cat(
-            [ph_mask, ph_mask.new_ones(b, 1), code_mask.repeat_interleave(self.k, dim=1)], dim=1
-        )
+        prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, phonemes, ph_mask)
+        x = torch.cat([prefix, self._embed_codes(codes)], dim=1)
+        mask = torch.cat([valid, code_mask.repeat_interleave(self.k, dim=1)], dim=1)
         pos = self._positions(ph_mask, 1 + f * self.k)
         h = self.stack(x, mask=mask, pos=pos)[:, p:]  # [B, 1 + F*S, D]: position j predicts token j
+        step, _ = self.pattern.place(f + 1)  # [F + 1, S]: the position that predicts each code
         h = F.pad(h, (0, 0, 0, self.k - 1))  # [B, (F + 1) * S, D]
-        return self.heads(rearrange(h, "b (f s) d -> b f s d", s=self.k))
+        return self.heads(h[:, step.to(h.device)])  # [B, F + 1, S, D] -> logits
 
     def logits_flops(self, batch: int, phonemes: int, frames: int) -> int:
         """FLOPs of `logits` for padded shapes [batch, phonemes] and [batch, S, frames]."""
@@ -75,8 +75,8 @@ class CodeStream(nn.Module):
         heads = flops.linear(batch * (frames + 1) * self.k, self.cfg.dim, self.v + 1)
         return flops.stack(self.cfg, batch=batch, length=length, depth=self.depth) + heads
 
-    def targets(self, codes: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return frame_targets(codes, lengths, self.v)
+    def targets(self, codes: torch.Tensor, lengths: torch.Tensor, prompt_lengths=None):
+        return frame_targets(codes, lengths, self.v, prompt_lengths)
 
     @torch.no_grad()
     def decode(
@@ -92,8 +92,7 @@ class CodeStream(nn.Module):
         (b, p), n = ids.shape, int(limits.max())
         pos = self._positions(ph_mask, 1 + n * self.k)  # [B, P + 1 + F * S] or None
         decoder = stack_decoder(self.stack, batch=b, capacity=p + 1 + n * self.k, cached=cached)
-        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
-        valid = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+        x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
         last = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
         out = Decoded(limits, self.k, self.v)
         for frame in range(n):

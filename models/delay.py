@@ -17,29 +17,24 @@ from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
+    Decoded,
     attention_stack,
+    codebook_offsets,
     drop_codes,
     frame_loss,
     frame_targets,
     left_align,
     pad_phonemes,
+    phoneme_prefix,
 )
 from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
 from phonelm.batching import Batch
 
 
-def delayed(codes: torch.Tensor, blank: int) -> torch.Tensor:
-    """codes [B, K, F] (-1 padded) -> [B, K, F + K - 1]: codebook k shifted right by k, blank
-    where codebook k has no frame."""
-    b, k, f = codes.shape
-    out = torch.full((b, k, f + k - 1), blank, dtype=torch.long, device=codes.device)
-    for i in range(k):
-        out[:, i, i : i + f] = codes[:, i].masked_fill(codes[:, i] < 0, blank)
-    return out
-
-
 class Delay(Backend):
+    pattern_name = "delay"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         k, v, d = cfg.n_codebooks, cfg.codebook_size, cfg.dim
@@ -51,8 +46,8 @@ class Delay(Backend):
 
     def _embed_steps(self, steps: torch.Tensor) -> torch.Tensor:
         """delayed codes [B, K, S] (blank = V) -> step inputs [B, S, D], summed over codebooks."""
-        offset = torch.arange(self.cfg.n_codebooks, device=steps.device)[None, :, None]
-        emb = self.code_emb(steps + offset * (self.cfg.codebook_size + 1))  # [B, K, S, D]
+        offset = codebook_offsets(self.cfg.n_codebooks, self.cfg.codebook_size + 1, steps.device)
+        emb = self.code_emb(steps + offset[None, :, None])  # [B, K, S, D]
         return drop_codes(emb, self.cfg.code_dropout, self.training).sum(1)
 
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -62,18 +57,20 @@ class Delay(Backend):
         ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
         codes, lengths = batch.codes, batch.code_lengths
         b, k, f = codes.shape
-        steps = delayed(codes, cfg.codebook_size)  # [B, K, F + K - 1]
-        x = torch.cat(
-            [self.phoneme_emb(ids), self.bos.expand(b, 1, -1), self._embed_steps(steps)], 1
-        )
+        blank = cfg.codebook_size
+        steps = self.pattern.build(codes.masked_fill(codes < 0, blank), empty=blank)  # [B, K, S]
+        prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
+        x = torch.cat([prefix, self._embed_steps(steps)], dim=1)
         real = torch.arange(f + k, device=codes.device)[None] < (lengths + k)[:, None]
         pos = sequence_positions(cfg, ph_mask, f + k)
-        h = self.stack(x, mask=torch.cat([ph_mask, real], dim=1), pos=pos)[:, ids.shape[1] :]
-        aligned = torch.stack([h[:, i : i + f + 1] for i in range(k)], dim=2)  # [B, F+1, K, D]
-        return self.heads(aligned)
+        h = self.stack(x, mask=torch.cat([valid, real[:, 1:]], dim=1), pos=pos)[:, ids.shape[1] :]
+        step, _ = self.pattern.place(f + 1)  # [F + 1, K]: the step each code is read at
+        return self.heads(h[:, step.to(h.device)])  # [B, F + 1, K, D] -> logits
 
     def forward(self, batch: Batch) -> ForwardOutput:
-        targets = frame_targets(batch.codes, batch.code_lengths, self.cfg.codebook_size)
+        targets = frame_targets(
+            batch.codes, batch.code_lengths, self.cfg.codebook_size, batch.prompt_lengths
+        )
         return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
 
     def forward_flops(self, batch: Batch) -> int:
@@ -91,28 +88,22 @@ class Delay(Backend):
         (b, p), n = ids.shape, int(limits.max())
         pos = sequence_positions(cfg, ph_mask, n + k)  # [B, P + 1 + F + K - 1] or None
         decoder = stack_decoder(self.stack, batch=b, capacity=p + n + k, cached=cached)
-        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1)
-        valid = torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1)
+        x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
         h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)
-        codes = torch.zeros(b, k, int(limits.max()), dtype=torch.long, device=ids.device)
-        lengths, stopped = limits.clone(), torch.zeros(b, dtype=torch.bool, device=ids.device)
-        decided = limits <= 0  # the length of each item is known (stop, or its guard)
-        for s in range(codes.shape[-1] + k - 1):
+        out = Decoded(limits, k, v)
+        for s in range(n + k - 1):
             step = torch.full((b, k), v, dtype=torch.long, device=ids.device)  # blanks
+            done = False
             for i in range(k):
                 f = s - i  # codebook i of frame f is chosen at step s
-                if not 0 <= f < codes.shape[-1]:
+                if not 0 <= f < n:
                     continue
-                token = choose(self.heads.one(h[:, -1], i), i, f, codes[:, i, :f])
-                if i == 0:
-                    now = (token == v) & ~decided
-                    lengths[now], stopped = f, stopped | now
-                    decided = decided | now | (lengths <= f + 1)
-                codes[:, i, f] = token.clamp_max(v - 1)
-                step[:, i] = torch.where(f < lengths, codes[:, i, f], v)
-            if bool((decided & (lengths + k - 1 <= s + 1)).all()):
+                token = choose(self.heads.one(h[:, -1], i), i, f, out.codes[:, i, :f])
+                done = out.record(token, i, f)
+                step[:, i] = torch.where(f < out.lengths, out.codes[:, i, f], v)
+            if done:
                 break
             h = decoder.step(
                 self._embed_steps(step[:, :, None]), pos=window(pos, p + 1 + s, p + 2 + s)
             )
-        return codes[..., : int(lengths.max())], lengths, stopped
+        return out.result()

@@ -10,6 +10,8 @@ from phonelm.batching import Batch
 
 
 class Flat(Backend):
+    pattern_name = "flat"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         self.stream = CodeStream(cfg, n_streams=cfg.n_codebooks, depth=cfg.depth)
@@ -20,7 +22,7 @@ class Flat(Backend):
         return self.stream.logits(ids, mask, batch.codes, batch.code_lengths)
 
     def forward(self, batch: Batch) -> ForwardOutput:
-        targets = self.stream.targets(batch.codes, batch.code_lengths)
+        targets = self.stream.targets(batch.codes, batch.code_lengths, batch.prompt_lengths)
         return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
 
     def forward_flops(self, batch: Batch) -> int:

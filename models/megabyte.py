@@ -20,11 +20,13 @@ from models.blocks import (
     CodebookHeads,
     Decoded,
     attention_stack,
+    codebook_offsets,
     drop_codes,
     frame_loss,
     frame_targets,
     left_align,
     pad_phonemes,
+    phoneme_prefix,
 )
 from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
@@ -32,6 +34,8 @@ from phonelm.batching import Batch
 
 
 class MegaByte(Backend):
+    pattern_name = "frames"
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         k, v, d, e = cfg.n_codebooks, cfg.codebook_size, cfg.dim, cfg.local_dim
@@ -47,7 +51,7 @@ class MegaByte(Backend):
         self.heads = CodebookHeads(e, k, v)
 
     def _offset(self, device) -> torch.Tensor:
-        return torch.arange(self.cfg.n_codebooks, device=device) * self.cfg.codebook_size
+        return codebook_offsets(self.cfg.n_codebooks, self.cfg.codebook_size, device)
 
     def _patches(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, K, F] -> patch embeddings [B, F, D]."""
@@ -61,8 +65,9 @@ class MegaByte(Backend):
         codes, lengths = batch.codes, batch.code_lengths
         b, k, f = codes.shape
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
-        x = torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1), self._patches(codes)], 1)
-        mask = torch.cat([ph_mask, ph_mask.new_ones(b, 1), code_mask], dim=1)
+        prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
+        x = torch.cat([prefix, self._patches(codes)], dim=1)
+        mask = torch.cat([valid, code_mask], dim=1)
         pos = sequence_positions(self.cfg, ph_mask, f + 1)
         g = self.global_stack(x, mask=mask, pos=pos)[:, ids.shape[1] :]  # [B, F + 1, D]: g[f] -> f
         # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
@@ -75,7 +80,9 @@ class MegaByte(Backend):
         return self.heads(rearrange(h, "(b f) k e -> b f k e", b=b))
 
     def forward(self, batch: Batch) -> ForwardOutput:
-        targets = frame_targets(batch.codes, batch.code_lengths, self.cfg.codebook_size)
+        targets = frame_targets(
+            batch.codes, batch.code_lengths, self.cfg.codebook_size, batch.prompt_lengths
+        )
         return frame_loss(self.logits(batch), targets, self.cfg.codebook_size)
 
     def forward_flops(self, batch: Batch) -> int:
@@ -97,11 +104,8 @@ class MegaByte(Backend):
         pos = sequence_positions(cfg, ph_mask, n + 1)  # [B, P + 1 + F] or None
         glob = stack_decoder(self.global_stack, batch=b, capacity=p + 1 + n, cached=cached)
         local = stack_decoder(self.local_stack, batch=b, capacity=cfg.n_codebooks, cached=cached)
-        g = glob.step(
-            torch.cat([self.phoneme_emb(ids), self.bos.expand(b, 1, -1)], dim=1),
-            pos=window(pos, 0, p + 1),
-            valid=torch.cat([ph_mask, ph_mask.new_ones(b, 1)], dim=1),
-        )
+        prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
+        g = glob.step(prefix, pos=window(pos, 0, p + 1), valid=valid)
         out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
         for frame in range(n):
             base = self.to_local(g[:, -1])  # [B, E]

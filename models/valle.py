@@ -16,6 +16,7 @@ from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
     attention_stack,
+    codebook_offsets,
     drop_codes,
     frame_loss,
     left_align,
@@ -27,6 +28,9 @@ from phonelm.batching import Batch
 
 
 class Valle(Backend):
+    pattern_name = "stages"
+    depth_settings = ("depth", "nar_depth")  # AR, NAR
+
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         k, v, d = cfg.n_codebooks, cfg.codebook_size, cfg.dim
@@ -41,7 +45,7 @@ class Valle(Backend):
     def _nar_logits(self, ids, ph_mask, codes, lengths, stage: torch.Tensor) -> torch.Tensor:
         """Codebook `stage[b]` for every frame from codebooks < stage[b] -> logits [B, F, V]."""
         b, k, f = codes.shape
-        offset = torch.arange(k, device=codes.device)[None, :, None] * self.cfg.codebook_size
+        offset = codebook_offsets(k, self.cfg.codebook_size, codes.device)[None, :, None]
         emb = self.nar_code_emb(codes.clamp_min(0) + offset)  # [B, K, F, D]
         emb = drop_codes(emb, self.cfg.code_dropout, self.training)
         below = torch.arange(k, device=codes.device)[None] < stage[:, None]  # [B, K]
@@ -56,7 +60,9 @@ class Valle(Backend):
         cfg, codes, lengths = self.cfg, batch.codes, batch.code_lengths
         ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
         ar_logits = self.ar.logits(ids, ph_mask, codes[:, :1], lengths)  # [B, F+1, 1, V+1]
-        out = frame_loss(ar_logits, self.ar.targets(codes[:, :1], lengths), cfg.codebook_size)
+        prompt = batch.prompt_lengths
+        ar_targets = self.ar.targets(codes[:, :1], lengths, prompt)
+        out = frame_loss(ar_logits, ar_targets, cfg.codebook_size)
         nll = torch.zeros(cfg.n_codebooks, device=codes.device)
         count = torch.zeros_like(nll, dtype=torch.long)
         nll[0], count[0] = out.nll[0], out.count[0]
@@ -73,6 +79,9 @@ class Valle(Backend):
             for stage in stages:
                 logits = self._nar_logits(ids, ph_mask, codes, lengths, stage)
                 target = codes[torch.arange(b), stage]  # [B, F], -1 padded
+                if prompt is not None:  # no loss on the acoustic prompt
+                    in_prompt = torch.arange(target.shape[1], device=codes.device)[None]
+                    target = target.masked_fill(in_prompt < prompt[:, None], -1)
                 step = nn.functional.cross_entropy(
                     rearrange(logits, "b f v -> b v f").float(),
                     target,

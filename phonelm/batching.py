@@ -3,7 +3,7 @@
 import math
 import random
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
@@ -22,6 +22,8 @@ class Batch:
     codes: torch.Tensor  # [B, K, F], CODE_PAD beyond each length
     code_lengths: torch.Tensor  # [B]
     ids: list[str]
+    # [B] frames of each utterance that are an acoustic prompt (no loss on them); None: none
+    prompt_lengths: torch.Tensor | None = None
 
     def to(self, device) -> "Batch":
         return Batch(
@@ -30,7 +32,15 @@ class Batch:
             self.codes.to(device),
             self.code_lengths.to(device),
             self.ids,
+            None if self.prompt_lengths is None else self.prompt_lengths.to(device),
         )
+
+    def with_prompts(self, generator: torch.Generator, low: float = 0.1, high: float = 0.5):
+        """The same batch with each utterance's leading part as its acoustic prompt (VALL-E's
+        continuation): a share of its frames drawn uniformly from [low, high)."""
+        share = low + (high - low) * torch.rand(len(self.ids), generator=generator)
+        prompt = (self.code_lengths.cpu() * share).long().to(self.code_lengths.device)
+        return replace(self, prompt_lengths=prompt)
 
     @property
     def code_mask(self) -> torch.Tensor:

@@ -139,3 +139,25 @@ class Chooser:
         b, f = logits.shape[:2]
         frames = torch.arange(f, device=logits.device).expand(b, f)
         return self._pick(logits, self.s.group(k), frames, k, 0)
+
+
+class Prompted:
+    """A chooser that continues an acoustic prompt (VALL-E's continuation): for each item's
+    first prompt frames it returns the prompt's own codes, verbatim (never the stop class), and
+    from there on what `chooser` picks. prompts [B, K, N] (padded), lengths [B] (0: none)."""
+
+    def __init__(self, chooser: Chooser, prompts: torch.Tensor, lengths: torch.Tensor):
+        self.chooser, self.prompts, self.lengths = chooser, prompts, lengths
+
+    def __call__(self, logits, k: int, frame: int, history) -> torch.Tensor:
+        token = self.chooser(logits, k, frame, history)
+        if frame >= self.prompts.shape[-1]:
+            return token
+        return torch.where(self.lengths > frame, self.prompts[:, k, frame], token)
+
+    def all_frames(self, logits: torch.Tensor, k: int) -> torch.Tensor:
+        codes = self.chooser.all_frames(logits, k)  # [B, F]
+        n = min(codes.shape[1], self.prompts.shape[-1])
+        forced = torch.arange(n, device=codes.device)[None] < self.lengths[:, None]
+        codes[:, :n] = torch.where(forced, self.prompts[:, k, :n], codes[:, :n])
+        return codes

@@ -210,6 +210,27 @@ def test_an_utterance_decodes_the_same_alone_and_in_any_batch(model):
     assert not torch.equal(alone.codes, other.codes)
 
 
+def test_logits_never_depend_on_a_code_the_pattern_hides(model):
+    """Change one code at a time: the teacher-forced logits of every code its ordering hides
+    from that code (models/patterns.py `visible`) must not move; some visible ones do."""
+    batch = make_batch(lengths=((7, 5),))
+    f = batch.codes.shape[-1]
+    visible = model.pattern.visible(f)  # [t, c] over coordinates frame * K + codebook
+    with torch.no_grad():
+        base = model.logits(batch)[0, :f]  # [F, K, V + 1]
+        moved_any = False
+        for c in range(f * K):
+            changed = batch.codes.clone()
+            changed[0, c % K, c // K] = (changed[0, c % K, c // K] + 1) % V
+            after = model.logits(replace(batch, codes=changed))[0, :f]
+            finite = torch.isfinite(base)
+            diff = ((after - base).abs() * finite).nan_to_num().amax(-1)  # [F, K]
+            moved = diff.flatten() > 1e-5
+            assert not (moved & ~visible[:, c]).any(), (model.pattern.name, c)
+            moved_any |= bool(moved.any())
+    assert moved_any
+
+
 def test_cached_and_uncached_decoding_give_the_same_codes(model):
     """The static cache (models/kv_cache.py) against recomputing the whole sequence each step
     with x-transformers, sampling every codebook under per-utterance seeds, padded batch."""
@@ -229,7 +250,7 @@ def test_the_length_guard_is_per_utterance(model):
     out = model.generate(phonemes, max_frames=[2, 5], sampling=Sampling(), seeds=[1, 2])
     assert out[0].codes.shape[1] <= 2 and out[1].codes.shape[1] <= 5
     assert out[0].stopped or out[0].codes.shape[1] == 2
-    with pytest.raises(ValueError, match="2 phoneme sequences need 2 max_frames and seeds"):
+    with pytest.raises(ValueError, match="2 phoneme sequences need 2 max_frames, seeds"):
         model.generate(phonemes, max_frames=[2], sampling=Sampling(), seeds=[1, 2])
 
 

@@ -51,3 +51,23 @@ def test_presets_use_the_right_codec():
     paper = preset("paper", "flat")
     assert paper.codec.name == "encodec" and paper.codec.bandwidth == 6.0
     assert paper.data.corpus == "ljspeech" and paper.codec.bandwidth == 6.0  # K = 8
+
+
+def test_derived_depths_are_the_matched_ones_the_results_were_made_with():
+    """Depths are derived (matched_depths), not listed: pin what they come out as, so a change
+    to a backend that moves its preset size is seen."""
+    from experiments.presets import matched_depths
+
+    derived = {
+        p: {m: matched_depths(p, m) for m in ("megabyte", "valle", "flat", "delay")}
+        for p in ("tiny", "cpu", "paper")
+    }
+    small = {"megabyte": {"depth": 4}, "valle": {"depth": 3, "nar_depth": 2}}
+    small |= {"flat": {"depth": 5}, "delay": {"depth": 5}}
+    assert derived["tiny"] == derived["cpu"] == small
+    assert derived["paper"] == {
+        "megabyte": {"depth": 11},
+        "valle": {"depth": 6, "nar_depth": 6},
+        "flat": {"depth": 12},
+        "delay": {"depth": 12},
+    }

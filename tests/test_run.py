@@ -101,6 +101,13 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     flags = ["--coarse-top-p", "0.9", "--fine-top-k", "none", "--repetition-aware", "--seed", "3"]
     [other] = synthesize([*say, str(tmp_path / "other.wav"), *flags])
     assert other.stat().st_size > 44
+    # continuation: an acoustic prompt and its text, then the text to continue with
+    cont = ["--prompt-wav", str(wav), "--prompt-text", "Hello there."]
+    [continued] = synthesize([*say, str(tmp_path / "cont.wav"), *cont])
+    assert continued.stat().st_size > 44
+    with pytest.raises(SystemExit):
+        synthesize([*say, str(tmp_path / "y.wav"), "--prompt-wav", str(wav)])
+    assert "--prompt-wav and --prompt-text go together" in capsys.readouterr().err
     with pytest.raises(SystemExit) as refused:
         synthesize([str(run_dir), "\U0001f389", "-o", str(tmp_path / "x.wav")])
     assert refused.value.code == 1 and "cannot speak" in capsys.readouterr().err
