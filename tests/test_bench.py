@@ -27,14 +27,17 @@ def test_smoke_benchmark_measures_every_backend_and_the_peers(tmp_path):
     assert ((ours.mfu > 0) & (ours.mfu < 1)).all()  # counted FLOPs under the measured peak
     assert ((ours.data_wait_share >= 0) & (ours.data_wait_share < 1)).all()
     assert (train.train_peak_mib > 50).all()  # a python process with torch holds more than this
-    # each backend: 2 batch sizes x 2 lengths; flat's peer the same; MEGABYTE's peer one length
+    # each backend: 2 batch sizes x 2 lengths cached + 1 uncached at the peers' length; flat's
+    # peer 2 x 2; MEGABYTE's peer one length
     counts = gen.groupby("name").size().to_dict()
-    assert counts == {**dict.fromkeys(BACKENDS, 4), "peer: x-transformers flat": 4,
+    assert counts == {**dict.fromkeys(BACKENDS, 5), "peer: x-transformers flat": 4,
                       "peer: MEGABYTE-pytorch": 1}  # fmt: skip
     assert (gen.rtf > 0).all() and (gen.gen_s > 0).all()
     assert (gen.rtf - gen.gen_s / (gen.audio_s * gen.batch)).abs().max() < 1e-9
     md = (out / "bench.md").read_text()
     assert "command: `python bench/run.py --smoke" in md and "torch " in md
     assert "megabyte / MEGABYTE-pytorch training step time" in md
-    assert "Cost growth" in md and "## Data pipeline" in md
+    assert "Cost growth" in md and "## Data pipeline" in md and "## Targets (issue 10)" in md
+    uncached = gen[gen.cached.astype(str) == "False"]  # the CSV's column mixes in train rows
+    assert (uncached.batch == 1).all() and set(uncached.name) == set(BACKENDS)
     assert (out / "bench_generation.png").stat().st_size > 10_000
