@@ -20,6 +20,7 @@ trips and no leaks for every pattern and K in {1, 2, 4, 8}; tests/test_backends.
 logits do not move when a code its pattern hides changes).
 """
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +43,7 @@ class Pattern:
         """Whether the slots of one step are predicted in order (else all together)."""
         return self.name == "frames"
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (frozen, hashable; read-only tensors)
     def steps(self, n_frames: int) -> torch.Tensor:
         """[S, W] coordinates frame * K + codebook of the codes each step holds (-1: empty)."""
         k, f = self.n_codebooks, n_frames
@@ -76,6 +78,7 @@ class Pattern:
         flat[:, steps[held]] = rearrange(steps_codes, "b w s -> b s w")[:, held]
         return rearrange(flat, "b (f k) -> b k f", k=self.n_codebooks)
 
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (the forward passes read it every batch)
     def place(self, n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(step [F, K], slot [F, K]): where each code sits in the layout."""
         steps = self.steps(n_frames)
