@@ -50,10 +50,12 @@ def peak_rss(argv: list[str]) -> tuple[float, float]:
 def fake_generations(run: RunDir, into: Path, n: int) -> int:
     """A copy of `run` whose samples are the codec decodings of n cached utterances."""
     into.mkdir(parents=True)
-    for name in ("config.json", "test_metrics.json", "codec.json", "codec.safetensors"):
-        shutil.copy(run.path / name, into / name)
-    (into / "metrics.jsonl").write_text("")
     copy = RunDir(into)
+    for name in ("config", "test_metrics", "codec_config", "codec_state"):
+        shutil.copy(getattr(run, name), getattr(copy, name))
+    shutil.copy(run.samples().summary, copy.samples().summary)
+    (into / "metrics.jsonl").write_text("")
+    samples = copy.samples()
     config = run.read_json(run.config)
     data = dict(config["data"])
     data["embedded"] = EmbeddedSettings(**data["embedded"])
@@ -65,7 +67,7 @@ def fake_generations(run: RunDir, into: Path, n: int) -> int:
         ds = CodeDataset(prepared.cache_dir, split)
         for i in range(min(len(ds), n - len(codes))):
             item = ds[i]
-            save_audio(copy.wav(item.id), codec.decode(item.codes), codec.sample_rate)
+            save_audio(samples.wav(item.id), codec.decode(item.codes), codec.sample_rate)
             codes[item.id] = item.codes.to("cpu").short().contiguous()
             frames = item.codes.shape[1]
             lines.append(
@@ -78,8 +80,8 @@ def fake_generations(run: RunDir, into: Path, n: int) -> int:
                     "real_time_factor": 0.0,
                 }
             )
-    save_file(codes, str(copy.codes))
-    copy.generation.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    save_file(codes, str(samples.codes))
+    samples.generation.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return len(lines)
 
 

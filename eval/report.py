@@ -20,6 +20,7 @@ from phonelm.io import write_text  # noqa: E402
 MAIN_COLUMNS = [
     "run",
     "model",
+    "condition",
     "preset",
     "seed",
     "params_M",
@@ -75,13 +76,22 @@ def _markdown(table: pd.DataFrame) -> str:
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     models = table[table["preset"].notna()]
-    for (model, preset), group in models.groupby(["model", "preset"]):
-        row = {"model": model, "preset": preset, "seeds": len(group)}
+    for (condition, model, preset), group in models.groupby(["condition", "model", "preset"]):
+        row = {"condition": condition, "model": model, "preset": preset, "seeds": len(group)}
         for col in AGGREGATED:
             mean, ci = mean_ci(group[col])
             row[col] = f"{mean:.3f}" + ("" if ci != ci else f" ± {ci:.3f}")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _entries(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs' rows with `entry`: the backend, and its generation condition when the table
+    holds more than one (backends are compared within a condition, never across)."""
+    models = table[table["preset"].notna()].copy()
+    several = models["condition"].nunique() > 1
+    models["entry"] = models["model"] + (" / " + models["condition"] if several else "")
+    return models
 
 
 def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[str, Path]:
@@ -98,16 +108,16 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         made[name] = path
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    models = table[table["preset"].notna()]
-    seeds = models.groupby("model")["seed"].nunique()
+    models = _entries(table)
+    seeds = models.groupby("entry")["seed"].nunique()
     for ax, metric in zip(axes, ["wer", "cer"], strict=True):
         # one value per run (seed): the interval is over seeds, the independent replicates
-        summary = [(m, *mean_ci(g[metric])) for m, g in models.groupby("model")]
+        summary = [(m, *mean_ci(g[metric])) for m, g in models.groupby("entry")]
         names = [m for m, _, _ in summary]
         ax.bar(names, [mean for _, mean, _ in summary], color=sns.color_palette()[: len(names)])
         ax.errorbar(names, [mean for _, mean, _ in summary], yerr=[ci for *_, ci in summary],
                     fmt="none", ecolor="black", capsize=4)  # fmt: skip
-        sns.stripplot(models, x="model", y=metric, order=names, color="black", size=3, ax=ax)
+        sns.stripplot(models, x="entry", y=metric, order=names, color="black", size=3, ax=ax)
         refs = table[table["preset"].isna()]
         for _, ref in refs.iterrows():
             ax.axhline(ref[metric], ls="--", lw=1, color="gray")
@@ -115,7 +125,9 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         ax.set_title(f"{metric.upper()}: mean, 95% CI over seeds (max {seeds.max()} seeds)")
     save("wer_cer", fig)
 
-    bits = table.filter(regex="^bits_cb").assign(run=table["run"]).dropna(how="all", axis=0)
+    # bits belong to the trained model: one row per run directory, whatever its conditions
+    once = table.drop_duplicates(subset=["model", "preset", "seed"])
+    bits = once.filter(regex="^bits_cb").assign(run=once["run"]).dropna(how="all", axis=0)
     bits = bits.melt(id_vars="run", var_name="codebook", value_name="bits").dropna()
     if len(bits):
         fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -127,13 +139,13 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
     curves = pd.DataFrame(
         [
             {
-                "run": r.name,
+                "run": r.dir.name,
                 "step": m["step"],
                 "seconds": m["train_seconds"],
                 "flops": m["flops"],
                 "bits": m["valid_bits_per_code"],
             }
-            for r in runs
+            for r in {r.dir.name: r for r in runs}.values()  # one per directory
             for m in r.metrics
             if "valid_bits_per_code" in m
         ]
@@ -150,22 +162,25 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
             ax.set_title(f"validation bits-per-code vs {what}", fontsize=9)
         save("validation_curves", fig)
 
-    parts = table.melt(
-        id_vars="model",
+    labelled = pd.concat(
+        [_entries(table), table[table["preset"].isna()].assign(entry=table["model"])]
+    )
+    parts = labelled.melt(
+        id_vars="entry",
         value_vars=["loop_rate", "code_repetition", "code_repetition_cb1", "transcript_repetition"],
         var_name="part",
         value_name="share",
     )
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    sns.barplot(parts, x="part", y="share", hue="model", ax=ax)
+    sns.barplot(parts, x="part", y="share", hue="entry", ax=ax)
     ax.set_title("repetition")
     save("repetition", fig)
 
-    speed = table[table["preset"].notna()]
+    speed = _entries(table)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    sns.barplot(speed, x="model", y="gen_rtf", ax=axes[0])
+    sns.barplot(speed, x="entry", y="gen_rtf", ax=axes[0])
     axes[0].set_title("generation real-time factor (lower is faster)")
-    sns.barplot(speed, x="model", y="train_codes_per_s", ax=axes[1])
+    sns.barplot(speed, x="entry", y="train_codes_per_s", ax=axes[1])
     axes[1].set_title("training codes / s")
     save("speed", fig)
     return made
@@ -258,7 +273,7 @@ def write_report(out: Path, table, per_utt, runs, references, tests, problems, *
                 cells.append(f"<td>codec resynthesis<br>{_audio_tag(resynth)}</td>")
                 break
         for _, u in utt.iterrows():
-            wav = by_run[u["run"]].dir.wav(uid)
+            wav = by_run[u["run"]].samples.wav(uid)
             cells.append(
                 f"<td>{html.escape(u['run'])}<br>{_audio_tag(wav)}<br>"
                 f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"

@@ -12,7 +12,7 @@ from phonelm.codecs import Codec
 from phonelm.config import DataConfig
 from phonelm.corpus import EmbeddedSettings
 from phonelm.dataset import open_corpus
-from phonelm.run_dir import RunDir, RunDirError
+from phonelm.run_dir import TTS, RunDir, RunDirError, Samples
 
 
 class RunError(ValueError):
@@ -21,9 +21,14 @@ class RunError(ValueError):
 
 @dataclass
 class Run:
+    """One generation condition of one run directory (a run with `tts` and `continuation`
+    samples is two of these, sharing everything but the samples)."""
+
     dir: RunDir
+    samples: Samples
     config: dict
     test_metrics: dict
+    generation_summary: dict
     generations: list[dict]
     codes: dict[str, torch.Tensor]  # id -> [K, F]
     metrics: list[dict]  # metrics.jsonl
@@ -33,8 +38,13 @@ class Run:
         return self.dir.path
 
     @property
+    def condition(self) -> str:
+        return self.samples.condition
+
+    @property
     def name(self) -> str:
-        return self.dir.name
+        """The directory's name; `<name>/<condition>` for a condition other than `tts`."""
+        return self.dir.name if self.condition == TTS else f"{self.dir.name}/{self.condition}"
 
     def corpus(self) -> dict:
         """utterance id -> corpus item (text, wav path) of the run's corpus."""
@@ -48,27 +58,42 @@ class Run:
 
 def find_runs(root: str | Path) -> list[Path]:
     """Candidate run directories under root: every folder in it except the scorer's own
-    (`references`, `plots`); those that are not complete runs are reported by load_run."""
+    (`references`, `plots`); those that are not complete runs are reported by load_runs."""
     root = Path(root)
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in {"references", "plots"})
 
 
-def load_run(path: str | Path) -> Run:
+def load_runs(path: str | Path) -> list[Run]:
+    """One Run per generation condition that the directory has samples of."""
     run = RunDir(path)
-    needed = [run.config, run.test_metrics, run.codec_config, run.generation, run.codes]
+    conditions = run.conditions()
+    if not conditions:
+        raise RunError(f"{run.path}: incomplete run directory, no samples of any condition")
+    try:
+        config = run.read_json(run.config)
+        test_metrics = run.read_json(run.test_metrics)
+        metrics = run.read_metrics()
+    except RunDirError as err:
+        raise RunError(f"{run.path}: incomplete or corrupt run directory ({err})") from err
+    return [_load_condition(run, run.samples(c), config, test_metrics, metrics) for c in conditions]
+
+
+def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics) -> Run:
+    needed = [run.codec_config, samples.generation, samples.codes, samples.summary]
     missing = [str(p.relative_to(run.path)) for p in needed if not p.is_file()]
     if missing:
         raise RunError(f"{run.path}: incomplete run directory, missing {missing}")
     try:
-        config = run.read_json(run.config)
-        test_metrics = run.read_json(run.test_metrics)
-        generations = [json.loads(x) for x in run.generation.read_text().splitlines()]
-        codes = {k: v.long() for k, v in load_file(str(run.codes)).items()}
-        metrics = run.read_metrics()
+        summary = run.read_json(samples.summary)
+        generations = [json.loads(x) for x in samples.generation.read_text().splitlines()]
+        codes = {k: v.long() for k, v in load_file(str(samples.codes)).items()}
     except (json.JSONDecodeError, OSError, RuntimeError, ValueError, RunDirError) as err:
         raise RunError(f"{run.path}: corrupt run directory ({err})") from err
     if {g["id"] for g in generations} != set(codes):
-        raise RunError(f"{run.path}: samples/codes.safetensors and generation.jsonl disagree")
-    return Run(run, config, test_metrics, generations, codes, metrics)
+        raise RunError(
+            f"{run.path}: {samples.codes.relative_to(run.path)} and "
+            f"{samples.generation.relative_to(run.path)} disagree"
+        )
+    return Run(run, samples, config, test_metrics, summary, generations, codes, metrics)

@@ -2,13 +2,15 @@
 
     python eval/score.py results/ [--asr tiny.en] [--force] [--report-sentences 10]
 
-Per run: WER/CER of Whisper transcripts of the generated audio against the input text (Whisper's
-English normaliser on both sides), repetition (loop rate, code-level and transcript-level),
-duration ratio, test bits-per-code (per codebook) and bits per second, generation real-time
-factor and training throughput. Reference rows: ground-truth audio and its codec resynthesis,
-scored the same way on the same sentences. Writes summary.csv, summary.md, plots/*.png and
-report.html. Scores are cached per run (scores.json) with the scoring settings: runs already
-scored with the same settings are not scored again (--force rescores). Incomplete or corrupt run
+Per run and generation condition (`tts`; `continuation`, scored on the continued part only,
+which says exactly the test sentence): WER/CER of Whisper transcripts of the generated audio
+against the input text (Whisper's English normaliser on both sides), repetition (loop rate,
+code-level and transcript-level), duration ratio, test bits-per-code (per codebook) and bits per
+second, generation real-time factor and training throughput. Reference rows: ground-truth audio
+and its codec resynthesis, scored the same way on the same sentences. Writes summary.csv,
+summary.md, plots/*.png and report.html. Scores are cached per run and condition (scores.json,
+scores-<condition>.json) with the scoring settings: runs already scored with the same settings
+are not scored again (--force rescores). Incomplete or corrupt run
 directories are reported and skipped.
 """
 
@@ -23,7 +25,7 @@ import soundfile as sf
 from eval.asr import Asr
 from eval.metrics import error_rates, normalize_transcript
 from eval.repetition import code_repetition, loop_rate, transcript_repetition
-from eval.runs import Run, RunError, find_runs, load_run
+from eval.runs import Run, RunError, find_runs, load_runs
 from eval.stats import seed_tests, utterance_tests
 from phonelm.audio import conform, load_audio, save_audio
 from phonelm.io import digest, write_json, write_text
@@ -76,14 +78,14 @@ def cached(path: Path, **expected) -> dict | None:
 
 
 def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
-    cache = run.dir.scores
+    cache = run.samples.scores
     saved = None if force else cached(cache, key=key)
     if saved is not None:
         return saved
     corpus, codec = run.corpus(), run.codec()
     utts = []
     for g in run.generations:
-        wav, sr = load_audio(run.dir.wav(g["id"]))
+        wav, sr = load_audio(run.samples.wav(g["id"]))
         hyp = asr(wav[0], sr) if g["frames"] else ""
         truth = sf.info(str(corpus[g["id"]].wav)).duration
         utts.append(
@@ -171,6 +173,7 @@ def run_row(run: Run, scores: dict) -> dict:
     row = {
         "run": run.name,
         "model": cfg["model"]["name"],
+        "condition": run.condition,
         "preset": cfg["preset"],
         "seed": cfg["seed"],
         "params_M": test["params"] / 1e6,
@@ -184,7 +187,7 @@ def run_row(run: Run, scores: dict) -> dict:
         "bits_per_code": test["test"]["bits_per_code"],
         "bits_per_second": test["test"]["bits_per_code"] * k * test["frame_rate"],
         "stop_bits": test["test"]["stop_bits"],
-        "gen_rtf": test["generation"]["real_time_factor"],
+        "gen_rtf": run.generation_summary["real_time_factor"],
         "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
     }
     for i, bits in enumerate(test["test"]["bits_per_code_by_codebook"], start=1):
@@ -205,7 +208,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs, problems = [], []
     for path in find_runs(out):
         try:
-            runs.append(load_run(path))
+            runs += load_runs(path)
         except RunError as err:
             problems.append(str(err))
             print(f"skipped: {err}", file=sys.stderr)
@@ -224,7 +227,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     table["asr"] = f"{asr_info['engine']} {asr_info['model']} ({asr_info['weights']})"
     per_utt = pd.DataFrame(
         [
-            {**u, "model": run.config["model"]["name"], "seed": run.config["seed"], "run": run.name}
+            {
+                **u,
+                "model": run.config["model"]["name"],
+                "condition": run.condition,
+                "seed": run.config["seed"],
+                "run": run.name,
+            }
             for run in runs
             for u in scores[run.name]["utterances"]
         ]
@@ -240,7 +249,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         references,
         {
             "utterances": utterance_tests(per_utt),
-            "seeds": seed_tests(table[table["preset"].notna()]),
+            "seeds": seed_tests(table[table["preset"].notna()]),  # per condition
         },
         problems,
         sentences=args.report_sentences,

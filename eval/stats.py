@@ -1,11 +1,13 @@
 """Statistics of the comparison: intervals over seeds and paired tests between backends.
 
 - `mean_ci`: mean and 95% half-width (Student t) over independent values, e.g. one per seed.
-- `utterance_tests`: per seed, a Wilcoxon signed-rank test on per-utterance WER for every pair
-  of backends (the same sentences, so the pairs are matched); Holm's correction across the pairs
-  of each seed.
-- `seed_tests`: with >= 3 seeds of both backends, a paired t-test on per-seed mean WER (paired
-  by seed: same data order and sentences), Holm-corrected across pairs. The seeds are the
+- `utterance_tests`: per generation condition and seed, a Wilcoxon signed-rank test on
+  per-utterance WER for every pair of backends (the same sentences, so the pairs are matched);
+  Holm's correction across the pairs of each (condition, seed).
+- `seed_tests`: per condition, with >= 3 seeds of both backends, a paired t-test on per-seed
+  mean WER (paired by seed: same data order and sentences), Holm-corrected across the pairs of
+  the condition.
+Backends are only ever compared within one condition. The seeds are the
   independent replicates: utterance x seed values are never treated as independent.
 """
 
@@ -38,9 +40,10 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
-    """per_utt: one row per (model, seed, id) with `wer` -> one row per (seed, pair)."""
+    """per_utt: one row per (condition, model, seed, id) with `wer` -> one row per
+    (condition, seed, pair)."""
     rows = []
-    for seed, group in per_utt.groupby("seed"):
+    for (condition, seed), group in per_utt.groupby(["condition", "seed"]):
         table = group.pivot_table(index="id", columns="model", values="wer")
         block = []
         for a, b in combinations(sorted(table.columns), 2):
@@ -49,6 +52,7 @@ def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
             p = stats.wilcoxon(pair[a], pair[b]).pvalue if differs >= 5 else math.nan
             block.append(
                 {
+                    "condition": condition,
                     "seed": seed,
                     "a": a,
                     "b": b,
@@ -65,24 +69,28 @@ def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
-    """per_seed: one row per (model, seed) with `metric` -> a paired t-test per pair of models
-    that share >= 3 seeds, Holm-corrected across those pairs."""
-    table = per_seed.pivot_table(index="seed", columns="model", values=metric)
+    """per_seed: one row per (condition, model, seed) with `metric` -> per condition, a paired
+    t-test per pair of models that share >= 3 seeds, Holm-corrected across those pairs."""
     rows = []
-    for a, b in combinations(sorted(table.columns), 2):
-        pair = table[[a, b]].dropna()
-        if len(pair) < 3:
-            continue
-        rows.append(
-            {
-                "a": a,
-                "b": b,
-                "seeds": len(pair),
-                f"mean_{metric}_a": pair[a].mean(),
-                f"mean_{metric}_b": pair[b].mean(),
-                "t_test_p": stats.ttest_rel(pair[a], pair[b]).pvalue,
-            }
-        )
-    for row, adjusted in zip(rows, holm([r["t_test_p"] for r in rows]), strict=True):
-        row["holm_p"] = adjusted
+    for condition, group in per_seed.groupby("condition"):
+        table = group.pivot_table(index="seed", columns="model", values=metric)
+        block = []
+        for a, b in combinations(sorted(table.columns), 2):
+            pair = table[[a, b]].dropna()
+            if len(pair) < 3:
+                continue
+            block.append(
+                {
+                    "condition": condition,
+                    "a": a,
+                    "b": b,
+                    "seeds": len(pair),
+                    f"mean_{metric}_a": pair[a].mean(),
+                    f"mean_{metric}_b": pair[b].mean(),
+                    "t_test_p": stats.ttest_rel(pair[a], pair[b]).pvalue,
+                }
+            )
+        for row, adjusted in zip(block, holm([r["t_test_p"] for r in block]), strict=True):
+            row["holm_p"] = adjusted
+        rows += block
     return pd.DataFrame(rows)

@@ -11,7 +11,7 @@ Within a preset, backends are matched:
   NAR refines frames whose timing is set.
 - in training compute: `cpu` ends every backend at the same `train.budget_flops` (model FLOPs
   counted from the real batches, models/flops.py), sized so that the slowest backend in
-  FLOPs per second trains about 15 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
+  FLOPs per second trains about 30 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
 - in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
 K is stated once per preset, on the codec; the model takes the codec's K.
 
@@ -35,6 +35,7 @@ from phonelm.codecs.encodec import BANDWIDTHS
 from phonelm.config import CodecConfig, DataConfig
 from phonelm.corpus import EmbeddedSettings
 from phonelm.dataset import CodeDataset
+from phonelm.run_dir import CONDITIONS, TTS
 from phonelm.sampling import GroupSampling, Sampling
 
 
@@ -46,6 +47,12 @@ class GenerateConfig:
     max_seconds: float = 20.0  # max-length guard, also capped by frames_per_phoneme
     frames_per_phoneme: float = 20.0  # ~4x what speech needs: past it, the output is a loop
     sampling: Sampling = field(default_factory=Sampling)  # the one policy, every backend
+    # `tts`: text alone; `continuation`: text after an acoustic prompt (VALL-E's zero-shot
+    # setting). The prompt of a test utterance is the next utterance of the split, whole, that
+    # is at most prompt_seconds long: its text is known, so the continued part says exactly the
+    # test sentence and is scored alone (experiments/run.py `continuation_prompts`).
+    conditions: list[str] = field(default_factory=lambda: [TTS])
+    prompt_seconds: float = 3.0
 
 
 @dataclass
@@ -59,9 +66,10 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
-# Training compute of every backend at the `cpu` preset: ~15 minutes of the slowest backend in
-# FLOPs per second on 2 CPU cores (measured by bench/run.py; see the README).
-CPU_BUDGET_FLOPS = 9.0e13
+# Training compute of every backend at the `cpu` preset: ~30 minutes of the slowest backend in
+# FLOPs per second on 2 CPU cores (measured by bench/run.py; see the README). The budget at
+# which the shared recipe was confirmed (README, "What made it speak": 4 backends x 2 seeds).
+CPU_BUDGET_FLOPS = 1.8e14
 
 # Per preset: the shared model shape with the reference backend's depth; every other backend's
 # depths are derived from it (matched_depths), so a new backend needs no line here.
@@ -160,6 +168,9 @@ _CHECKS = [
     ("generate.batch_size", _at_least_one, "an integer >= 1"),
     ("generate.max_seconds", _positive, "a number of seconds > 0"),
     ("generate.frames_per_phoneme", _positive, "a number > 0"),
+    ("generate.conditions", lambda v: isinstance(v, list) and v and len(set(v)) == len(v)
+     and set(v) <= set(CONDITIONS), f"a non-empty list of distinct names from {list(CONDITIONS)}"),
+    ("generate.prompt_seconds", _positive, "a number of seconds > 0"),
 ]  # fmt: skip
 
 
@@ -260,7 +271,7 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
                 lr=2e-3,
                 warmup_steps=30,
                 eval_every=100,
-                max_minutes=60.0,  # safety cap only
+                max_minutes=90.0,  # safety cap only
                 seed=seed,
             ),
             generate=GenerateConfig(limit=40),

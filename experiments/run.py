@@ -6,7 +6,8 @@
 
 The run directory (<out>/<model>-<preset>-seed<seed>/) holds config.json (resolved), env.json
 (git hash, versions, command), metrics.jsonl, tensorboard/, checkpoints/ (last.pt, best.pt),
-codec.json + codec.safetensors (decode anywhere), samples/ (wav, codes, generation.jsonl) and
+codec.json + codec.safetensors (decode anywhere), samples/ (wav, codes, generation.jsonl; with
+`--set generate.conditions='["tts","continuation"]'` also samples-continuation/) and
 test_metrics.json. Re-running the same command resumes it.
 """
 
@@ -33,7 +34,7 @@ from phonelm.audio import save_audio
 from phonelm.codecs import CodecError
 from phonelm.corpus import CorpusError
 from phonelm.dataset import CodeDataset, prepare
-from phonelm.run_dir import RunDir, RunDirError, atomic_save
+from phonelm.run_dir import TTS, RunDir, RunDirError, atomic_save
 from phonelm.sampling import utterance_seed
 from phonelm.text import Phonemizer, TextError
 
@@ -133,43 +134,82 @@ def guard_frames(gen: GenerateConfig, phonemes: int, frame_rate: float) -> int:
     return max(1, min(int(gen.max_seconds * frame_rate), int(gen.frames_per_phoneme * phonemes)))
 
 
+def continuation_prompts(ds: CodeDataset, ids: list[str], max_frames: int) -> dict[str, int]:
+    """For each id of `ds`'s split, the index in `ds` of its acoustic prompt: the next utterance
+    after it in the split (wrapping around) that is at most `max_frames` long, whole, so that
+    its text is known and the continued part says exactly the test sentence (VALL-E's
+    cross-utterance prompt). The same for every backend."""
+    short = [i for i, n in enumerate(ds.frame_lengths) if 0 < n <= max_frames]
+    where = {uid: i for i, uid in enumerate(ds.ids)}
+    prompts = {}
+    for uid in ids:
+        others = [j for j in short if j != where[uid]]
+        if not others:
+            raise ConfigError(
+                f"generate.prompt_seconds allows {max_frames} frames: no other utterance of the "
+                f"split is that short (shortest {min(ds.frame_lengths)} frames); raise it"
+            )
+        prompts[uid] = next((j for j in others if j > where[uid]), others[0])
+    return prompts
+
+
 @torch.no_grad()
-def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device) -> dict:
-    """Generate the split's sentences: wavs, codes and one JSON line per utterance."""
+def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, condition: str) -> dict:
+    """Generate the split's sentences under one condition (`tts`: from the text alone;
+    `continuation`: after another utterance's codes, given its text + the sentence): wavs of
+    the generated part, codes and one JSON line per utterance."""
     from phonelm.dataset import open_corpus
 
-    gen = cfg.generate
-    settings = json.loads(json.dumps(dataclasses.asdict(gen)))
-    if run.generation.is_file() and run.generation_summary.is_file():
+    gen, samples = cfg.generate, run.samples(condition)
+    # the settings these samples depend on (those of runs made before conditions existed, for
+    # tts): adding a condition, or another prompt length, leaves the tts samples as they are
+    skip = {"conditions"} | ({"prompt_seconds"} if condition == TTS else set())
+    settings = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(gen))).items()
+                if k not in skip}  # fmt: skip
+    if samples.generation.is_file() and samples.summary.is_file():
         try:
-            summary = run.read_json(run.generation_summary)
+            summary = run.read_json(samples.summary)
         except RunDirError:
             summary = {}  # damaged: made again
         if summary.get("generate") == settings:
             return summary
-    if run.samples.is_dir():
-        shutil.rmtree(run.samples)  # made with other generation settings
+    if samples.dir.is_dir():
+        shutil.rmtree(samples.dir)  # made with other generation settings
     ds = CodeDataset(prepared.cache_dir, gen.split)
     texts = {u.id: u for u in open_corpus(cfg.data).items}
     ids = ds.ids[: gen.limit]
     phonemizer, codec = Phonemizer(), prepared.codec
     rate = codec.frame_rate
+    prompts = {}
+    if condition != TTS:
+        prompts = {
+            u: ds[i]
+            for u, i in continuation_prompts(ds, ids, int(gen.prompt_seconds * rate)).items()
+        }
     records, codes_out = [], {}
     model.eval()
-    for start in tqdm(range(0, len(ids), gen.batch_size), desc="generate", unit="batch"):
+    for start in tqdm(
+        range(0, len(ids), gen.batch_size), desc=f"generate {condition}", unit="batch"
+    ):
         chunk = ids[start : start + gen.batch_size]
+        own = [len(phonemizer(texts[i].normalized_text).ids) for i in chunk]
+        lead = [texts[prompts[i].id].normalized_text + " " if prompts else "" for i in chunk]
         phonemes = [
-            torch.tensor(phonemizer(texts[i].normalized_text).ids, device=device) for i in chunk
+            torch.tensor(phonemizer(lead_i + texts[i].normalized_text).ids, device=device)
+            for lead_i, i in zip(lead, chunk, strict=True)
         ]
-        guards = [guard_frames(gen, len(p), rate) for p in phonemes]
+        guards = [guard_frames(gen, n, rate) for n in own]  # the continued part's own guard
         seeds = [utterance_seed(gen.sampling.seed, uid) for uid in chunk]
+        given = [prompts[i].codes.to(device) for i in chunk] if prompts else None
         t0 = time.perf_counter()
-        outs = model.generate(phonemes, max_frames=guards, sampling=gen.sampling, seeds=seeds)
+        outs = model.generate(
+            phonemes, max_frames=guards, sampling=gen.sampling, seeds=seeds, prompts=given
+        )
         seconds = time.perf_counter() - t0
         frames_total = max(1, sum(o.codes.shape[1] for o in outs))
-        for uid, ph, out, guard in zip(chunk, phonemes, outs, guards, strict=True):
+        for uid, n, out, guard in zip(chunk, own, outs, guards, strict=True):
             audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
-            save_audio(run.wav(uid), audio, codec.sample_rate)
+            save_audio(samples.wav(uid), audio, codec.sample_rate)
             codes_out[uid] = out.codes.to(torch.int16).contiguous()
             share = seconds * out.codes.shape[1] / frames_total  # batch time, split by frames
             records.append(
@@ -177,19 +217,25 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device) -> dict
                     "id": uid,
                     "text": texts[uid].text,
                     "normalized_text": texts[uid].normalized_text,
-                    "phonemes": len(ph),
+                    "phonemes": n,
                     "frames": out.codes.shape[1],
                     "stopped": out.stopped,
                     "guard_frames": guard,
                     "audio_seconds": out.codes.shape[1] / rate,
                     "generate_seconds": share,
                     "real_time_factor": share / max(out.codes.shape[1] / rate, 1e-9),
+                    **(
+                        {"prompt_id": prompts[uid].id, "prompt_frames": prompts[uid].codes.shape[1]}
+                        if prompts
+                        else {}
+                    ),
                 }
             )
-    atomic_save(run.codes, lambda tmp: save_file(codes_out, str(tmp)))
+    atomic_save(samples.codes, lambda tmp: save_file(codes_out, str(tmp)))
     audio_s = sum(r["audio_seconds"] for r in records)
     gen_s = sum(r["generate_seconds"] for r in records)
     summary = {
+        "condition": condition,
         "utterances": len(records),
         "stopped": sum(r["stopped"] for r in records),
         "guard_fired": sum(not r["stopped"] for r in records),
@@ -198,9 +244,9 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device) -> dict
         "real_time_factor": gen_s / max(audio_s, 1e-9),
         "generate": settings,
     }
-    run.write_json(run.generation_summary, summary)
+    run.write_json(samples.summary, summary)
     lines = "".join(json.dumps(r) + "\n" for r in records)
-    atomic_save(run.generation, lambda tmp: tmp.write_text(lines))
+    atomic_save(samples.generation, lambda tmp: tmp.write_text(lines))
     return summary
 
 
@@ -263,7 +309,10 @@ def run_one(args, model_name: str) -> dict:
     result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
     result["best_step"] = best["step"]
     if dist.is_main():
-        result["generation"] = generate_split(model, cfg, prepared, run, trainer.device)
+        result["generation"] = {
+            c: generate_split(model, cfg, prepared, run, trainer.device, c)
+            for c in cfg.generate.conditions
+        }
         run.write_json(run.test_metrics, result)
     dist.barrier()
     return result
@@ -307,7 +356,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if main_process:
         for r in results:
             bits = r.get("test", {}).get("bits_per_code", float("nan"))
-            rtf = r.get("generation", {}).get("real_time_factor", float("nan"))
+            rtf = next(iter(r.get("generation", {}).values()), {}).get(
+                "real_time_factor", float("nan")
+            )
             print(
                 f"{r['model']:>9}: {r['params_non_embedding'] / 1e6:.3f}M non-embedding params, "
                 f"{r['steps']} steps, {r['codes_seen']} codes, {r['flops']:.3g} FLOPs in "

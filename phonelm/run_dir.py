@@ -8,8 +8,11 @@
         metrics.jsonl          one JSON record per log line / validation
         tensorboard/
         checkpoints/           last.pt, last.prev.pt (the one before), best.pt
-        samples/               <id>.wav, codes.safetensors, generation.jsonl
-        generation_summary.json, test_metrics.json, scores.json
+        samples/               <id>.wav, codes.safetensors, generation.jsonl (condition `tts`)
+        generation_summary.json, scores.json                       (condition `tts`)
+        samples-<condition>/, generation_summary-<condition>.json, scores-<condition>.json
+                               any other generation condition (`continuation`)
+        test_metrics.json
 
 Writes are atomic (temp file + rename), so a kill leaves the old file or the new one. A
 checkpoint is read back and checked before it replaces the previous one, which is kept as
@@ -20,6 +23,7 @@ the damaged file. Readers treat every file as untrusted: a bad one is a `RunDirE
 import errno
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -54,6 +58,32 @@ def atomic_save(path: Path, writer) -> None:
         raise
 
 
+TTS = "tts"  # the generation condition of text alone; `continuation` adds an acoustic prompt
+CONDITIONS = (TTS, "continuation")
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The outputs of one generation condition of a run: `tts` in samples/ (the layout of runs
+    made before conditions existed), any other condition in samples-<condition>/."""
+
+    run: Path
+    condition: str = TTS
+
+    @property
+    def _suffix(self) -> str:
+        return "" if self.condition == TTS else f"-{self.condition}"
+
+    dir = property(lambda self: self.run / f"samples{self._suffix}")
+    generation = property(lambda self: self.dir / "generation.jsonl")
+    codes = property(lambda self: self.dir / "codes.safetensors")
+    summary = property(lambda self: self.run / f"generation_summary{self._suffix}.json")
+    scores = property(lambda self: self.run / f"scores{self._suffix}.json")
+
+    def wav(self, uid: str) -> Path:
+        return self.dir / f"{uid}.wav"
+
+
 class RunDir:
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -71,15 +101,14 @@ class RunDir:
     metrics = property(lambda self: self.path / "metrics.jsonl")
     tensorboard = property(lambda self: self.path / "tensorboard")
     checkpoints = property(lambda self: self.path / "checkpoints")
-    samples = property(lambda self: self.path / "samples")
-    generation = property(lambda self: self.path / "samples" / "generation.jsonl")
-    codes = property(lambda self: self.path / "samples" / "codes.safetensors")
-    generation_summary = property(lambda self: self.path / "generation_summary.json")
     test_metrics = property(lambda self: self.path / "test_metrics.json")
-    scores = property(lambda self: self.path / "scores.json")
 
-    def wav(self, uid: str) -> Path:
-        return self.samples / f"{uid}.wav"
+    def samples(self, condition: str = TTS) -> Samples:
+        return Samples(self.path, condition)
+
+    def conditions(self) -> list[str]:
+        """The generation conditions whose samples this run has."""
+        return [c for c in CONDITIONS if self.samples(c).generation.is_file()]
 
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / f"{name}.pt"

@@ -89,3 +89,19 @@ def test_a_share_of_training_batches_get_leading_prompts():
     assert 8 < sum(drawn) < 32
     trainer.cfg = TrainConfig(prompt_fraction=0.0)
     assert Trainer._maybe_prompted(trainer, batch, 0) is batch
+
+
+def test_continuation_prompts_take_the_next_short_utterance_never_its_own():
+    from experiments.overrides import ConfigError
+    from experiments.run import continuation_prompts
+
+    # frames per utterance of a split; at most 100 frames is a prompt
+    ds = SimpleNamespace(ids=list("abcdef"), frame_lengths=[300, 80, 250, 90, 400, 0])
+    prompts = continuation_prompts(ds, ["a", "b", "c", "d", "e"], max_frames=100)
+    # the next short one after each (wrapping around), never itself, never an empty one
+    assert prompts == {"a": 1, "b": 3, "c": 3, "d": 1, "e": 1}
+    with pytest.raises(ConfigError, match="generate.prompt_seconds allows 50 frames"):
+        continuation_prompts(ds, ["a"], max_frames=50)
+    alone = SimpleNamespace(ids=["a", "b"], frame_lengths=[80, 300])
+    with pytest.raises(ConfigError, match="no other utterance"):
+        continuation_prompts(alone, ["a"], max_frames=100)

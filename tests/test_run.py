@@ -88,8 +88,19 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     assert refused.value.code == 2 and "another config" in capsys.readouterr().err
     # ... but other generation settings only make the samples again
     [regen] = run(tiny_args(model, tmp_path, data_root, "generate.limit=1"))
-    assert regen["generation"]["utterances"] == 1 and regen["test"] == result["test"]
-    assert len(list((run_dir / "samples").glob("*.wav"))) == 1
+    assert regen["generation"]["tts"]["utterances"] == 1 and regen["test"] == result["test"]
+    [kept] = list((run_dir / "samples").glob("*.wav"))
+    # a condition added later is generated beside the samples already made, which stay
+    both = ['generate.conditions=["tts","continuation"]', "generate.prompt_seconds=6"]
+    before = kept.stat().st_mtime_ns
+    [cont] = run(tiny_args(model, tmp_path, data_root, "generate.limit=1", *both))
+    assert cont["generation"]["tts"] == regen["generation"]["tts"]
+    assert kept.stat().st_mtime_ns == before
+    assert cont["generation"]["continuation"]["utterances"] == 1
+    assert len(list((run_dir / "samples-continuation").glob("*.wav"))) == 1
+    [line] = (run_dir / "samples-continuation" / "generation.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["prompt_id"] != record["id"] and 0 < record["prompt_frames"] <= 6 * 75
 
     # the run speaks arbitrary text with its saved decoding policy; flags override it
     say = [str(run_dir), "Hello there.", "--max-seconds", "0.5", "-o"]
@@ -140,7 +151,7 @@ def test_aligned_positions_take_the_training_splits_frames_per_phoneme(tmp_path,
     expected = sum(train.frame_lengths) / sum(lengths)
     assert saved["positions"] == "aligned" and saved["phoneme_stride"] == round(expected, 4)
     assert 1 < saved["phoneme_stride"] < 20  # a plausible number of 75 Hz frames per phoneme
-    assert result["generation"]["utterances"] == 2
+    assert result["generation"]["tts"]["utterances"] == 2
     synthesize([str(run_dir), "Hello.", "-o", str(tmp_path / "x.wav")])  # the saved stride
     assert (tmp_path / "x.wav").stat().st_size > 44
 

@@ -13,7 +13,7 @@ from experiments.run import main as run
 @pytest.mark.slow
 def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     results = tmp_path / "results"
-    for model in ("megabyte", "valle"):
+    for model, conditions in (("megabyte", '["tts","continuation"]'), ("valle", '["tts"]')):
         run(
             [
                 "--model",
@@ -28,6 +28,8 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
                 f"data.root={tmp_path / 'data'}",
                 "generate.limit=2",
                 "generate.max_seconds=0.5",
+                f"generate.conditions={conditions}",
+                "generate.prompt_seconds=6",
             ]
         )
     broken = results / "flat-tiny-seed0"
@@ -37,10 +39,29 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     table = score([str(results), "--data-root", "data"])
     assert set(table["run"]) == {
         "megabyte-tiny-seed0",
+        "megabyte-tiny-seed0/continuation",
         "valle-tiny-seed0",
         "ground truth",
         "codec resynthesis",
     }
+    by_run = table.set_index("run")
+    assert by_run.loc["megabyte-tiny-seed0/continuation", "condition"] == "continuation"
+    assert by_run.loc["valle-tiny-seed0", "condition"] == "tts"
+    # the continued part is scored against the test sentence itself, with its own scores file
+    continued = json.loads(
+        (results / "megabyte-tiny-seed0" / "scores-continuation.json").read_text()
+    )
+    prompts = [
+        json.loads(x)
+        for x in (results / "megabyte-tiny-seed0" / "samples-continuation" / "generation.jsonl")
+        .read_text()
+        .splitlines()
+    ]
+    assert [u["id"] for u in continued["utterances"]] == [g["id"] for g in prompts]
+    assert all(
+        u["ref"] == g["normalized_text"]
+        for u, g in zip(continued["utterances"], prompts, strict=True)
+    )
     refs = table.set_index("run")[["wer", "cer"]]
     # bounds that a broken ASR (empty or hallucinated transcripts: WER and CER >= ~1) or a codec
     # decoding to noise would break (2 short sentences: one word is 10-20% WER)
@@ -54,12 +75,13 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     assert runs["code_repetition_cb1"].between(0, 1).all()
     assert (runs["bits_per_code"] > 0).all() and (runs["params_M"] > 0).all()
     saved = pd.read_csv(results / "summary.csv")
-    assert len(saved) == 4
+    assert len(saved) == 5
     summary = (results / "summary.md").read_text()
+    assert "| continuation |" in summary  # its own rows in the tables
     assert "Skipped run directories" in summary and "flat-tiny-seed0" in summary
     assert "tiny.en" in summary  # the ASR engine and model are recorded with the numbers
     page = (results / "report.html").read_text()
-    assert page.count("<audio") >= 2 * 4 and page.count("<img") >= 4
+    assert page.count("<audio") >= 2 * 5 and page.count("<img") >= 4
     assert len(list((results / "plots").glob("*.png"))) >= 4
 
     check_in_browser(results / "report.html", audio=page.count("<audio"))

@@ -43,14 +43,20 @@ def test_utterance_tests_are_per_seed_wilcoxon_with_holm():
     b = [0.5, 0.85, 0.4, 0.45, 0.32, 0.61]
     c = [0.2, 0.1, 0.3, 0.25, 0.05, 0.15]
     rows = [
-        {"model": m, "seed": 0, "id": f"u{i}", "wer": w}
+        {"condition": "tts", "model": m, "seed": 0, "id": f"u{i}", "wer": w}
         for m, values in (("a", a), ("b", b), ("c", c))
         for i, w in enumerate(values)
     ]
     rows += [{**r, "seed": 1, "wer": r["wer"] * 0.5} for r in rows if r["model"] != "c"]
+    # another condition of the same sentences: its own tests, never paired across conditions
+    rows += [{**r, "condition": "continuation", "wer": 1 - r["wer"]} for r in rows[:12]]
     result = utterance_tests(pd.DataFrame(rows))
-    assert len(result[result["seed"] == 0]) == 3 and len(result[result["seed"] == 1]) == 1
-    first = result[result["seed"] == 0].set_index(["a", "b"])
+    tts = result[result["condition"] == "tts"]
+    assert len(tts[tts["seed"] == 0]) == 3 and len(tts[tts["seed"] == 1]) == 1
+    [other] = result[result["condition"] == "continuation"].to_dict("records")
+    assert (other["a"], other["b"], other["holm_p"]) == ("a", "b", other["wilcoxon_p"])
+    assert other["mean_wer_a"] == pytest.approx(1 - sum(a) / 6)
+    first = tts[tts["seed"] == 0].set_index(["a", "b"])
     diffs = [x - y for x, y in zip(a, b, strict=True)]
     assert first.loc[("a", "b"), "wilcoxon_p"] == pytest.approx(exact_wilcoxon_p(diffs))
     raw = list(first["wilcoxon_p"])
@@ -62,8 +68,16 @@ def test_seed_tests_pair_by_seed_and_need_three_seeds():
     rows = [{"model": "x", "seed": s, "wer": w} for s, w in enumerate([3.0, 4.0, 5.0])]
     rows += [{"model": "y", "seed": s, "wer": w} for s, w in enumerate([2.0, 2.0, 2.0])]
     rows += [{"model": "z", "seed": s, "wer": 1.0} for s in range(2)]  # only 2 seeds
+    rows = [{**r, "condition": "tts"} for r in rows]
+    # a second condition with 3 seeds of y and z: tested on its own
+    rows += [{"model": m, "seed": s, "wer": 1.0 + s * (m == "y"), "condition": "continuation"}
+             for m in ("y", "z") for s in range(3)]  # fmt: skip
     result = seed_tests(pd.DataFrame(rows))
-    assert list(zip(result["a"], result["b"], strict=True)) == [("x", "y")]
+    assert list(zip(result["condition"], result["a"], result["b"], strict=True)) == [
+        ("continuation", "y", "z"),
+        ("tts", "x", "y"),
+    ]
+    result = result[result["condition"] == "tts"]
     # differences 1, 2, 3: t = 2 / (1 / sqrt 3); with 2 degrees of freedom the two-sided p has
     # the closed form 1 - t / sqrt(2 + t^2)
     t = 2 * math.sqrt(3)
