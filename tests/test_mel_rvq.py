@@ -62,6 +62,16 @@ def test_round_trip_length_range_and_spread(codec, speech):
     assert torch.isfinite(wav).all() and 0.5 < wav.abs().max() <= 1.0
 
 
+@pytest.mark.parametrize("frames", [1, 2, 3, 4])
+def test_clips_shorter_than_the_stft_window_decode(codec, speech, frames):
+    """A model that stops after one frame yields a clip shorter than n_fft / 2 samples, which a
+    centred STFT cannot pad: it still decodes, to frames x hop finite, non-silent samples."""
+    codes = codec.encode(speech, 24_000)[:, 40 : 40 + frames]
+    wav = codec.decode(codes)
+    assert wav.shape == (frames * 320,)
+    assert torch.isfinite(wav).all() and 0.5 < wav.abs().max() <= 1.0
+
+
 def test_more_codebooks_quantise_finer(train_audio, speech):
     from phonelm.codecs.kmeans import residual_decode
 

@@ -171,14 +171,18 @@ class MelRvqCodec(Codec):
     def _griffin_lim(self, mag: torch.Tensor) -> torch.Tensor:
         """Fast Griffin-Lim from magnitudes [bins, F] -> wav [F * hop], peak-normalised."""
         length = mag.shape[1] * self.hop_length
-        mag = torch.cat([mag, mag[:, -1:]], dim=1)  # a centred STFT of `length` has F + 1 frames
+        # an STFT needs more than n_fft / 2 samples (its reflect padding): a clip shorter than
+        # that (1 frame) is rebuilt with its last frame held, then cut back to its length
+        frames = max(mag.shape[1], self.features.n_fft // self.hop_length)
+        mag = torch.cat([mag, mag[:, -1:].expand(-1, frames + 1 - mag.shape[1])], dim=1)
+        work = frames * self.hop_length  # a centred STFT of `work` samples has frames + 1 frames
         gen = torch.Generator().manual_seed(self.seed)
         angles = torch.exp(2j * math.pi * torch.rand(mag.shape, generator=gen))
         previous = torch.zeros_like(angles)
         for _ in range(self.gl_iters):
-            rebuilt = self.features.stft(self.features.istft(mag * angles, length))
+            rebuilt = self.features.stft(self.features.istft(mag * angles, work))
             accelerated = rebuilt - previous * (self.momentum / (1 + self.momentum))
             previous = rebuilt
             angles = accelerated / accelerated.abs().clamp_min(1e-8)
-        wav = self.features.istft(mag * angles, length)
+        wav = self.features.istft(mag * angles, work)[:length]
         return wav / wav.abs().max().clamp_min(1e-8) * 0.95
