@@ -187,8 +187,11 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
 
 
 def _audio_tag(path: Path) -> str:
-    """An <audio> element with the clip embedded (16 kHz 16-bit WAV, base64)."""
+    """An <audio> element with the clip embedded (16 kHz 16-bit WAV, base64); a note instead
+    for an empty clip (a generation that stopped at once), which no player can load."""
     wav, sr = load_audio(path)
+    if wav.numel() == 0:
+        return "<em>no audio: the model stopped at once</em>"
     buffer = io.BytesIO()
     sf.write(buffer, conform(wav, sr, 16_000).numpy(), 16_000, format="WAV", subtype="PCM_16")
     data = base64.b64encode(buffer.getvalue()).decode()

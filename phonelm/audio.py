@@ -29,7 +29,7 @@ def conform(wav: torch.Tensor, sr: int, target_sr: int) -> torch.Tensor:
     wav = wav.float()
     if wav.dim() == 2:
         wav = wav.mean(dim=0)
-    if sr != target_sr:
+    if sr != target_sr and wav.numel():  # an empty clip stays empty at any rate
         g = math.gcd(sr, target_sr)
         wav = julius.resample_frac(wav, sr // g, target_sr // g)
     return wav.clamp(-1.0, 1.0)
