@@ -224,6 +224,10 @@ NOTES = (
     "Tests: per seed, Wilcoxon signed-rank on per-utterance WER for each pair (same "
     "sentences), Holm-corrected across pairs; with >= 3 seeds, a paired t-test on per-seed mean "
     "WER, Holm-corrected. Intervals are over seeds, never over utterance x seed.",
+    "Conditions: `tts` generates from the text alone; `continuation` continues another test "
+    "utterance's codes (given with its text) and is scored on the continued part alone, which "
+    "says exactly the test sentence. Backends are tested against each other within a "
+    "condition, never across conditions.",
 )
 
 
