@@ -192,12 +192,15 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, conditi
         range(0, len(ids), gen.batch_size), desc=f"generate {condition}", unit="batch"
     ):
         chunk = ids[start : start + gen.batch_size]
-        own = [len(phonemizer(texts[i].normalized_text).ids) for i in chunk]
-        lead = [texts[prompts[i].id].normalized_text + " " if prompts else "" for i in chunk]
-        phonemes = [
-            torch.tensor(phonemizer(lead_i + texts[i].normalized_text).ids, device=device)
-            for lead_i, i in zip(lead, chunk, strict=True)
-        ]
+        targets = [phonemizer(texts[i].normalized_text).ids for i in chunk]
+        own = [len(ids) for ids in targets]
+        if prompts:  # the prompt's text, then the sentence's, phonemised as one text
+            lead = [texts[prompts[i].id].normalized_text + " " for i in chunk]
+            targets = [
+                phonemizer(t + texts[i].normalized_text).ids
+                for t, i in zip(lead, chunk, strict=True)
+            ]
+        phonemes = [torch.tensor(ids, device=device) for ids in targets]
         guards = [guard_frames(gen, n, rate) for n in own]  # the continued part's own guard
         seeds = [utterance_seed(gen.sampling.seed, uid) for uid in chunk]
         given = [prompts[i].codes.to(device) for i in chunk] if prompts else None
