@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument(
         "--set",
         nargs="*",
+        action="extend",  # a second --set adds to the first
         default=[],
         metavar="KEY=VALUE",
         help="dotted overrides, e.g. train.lr=3e-4 model.dim=128 data.root=/data",

@@ -177,6 +177,16 @@ def test_unknown_model_lists_the_valid_ones(capsys):
     assert "valid models: ['delay', 'flat', 'megabyte', 'valle']" in capsys.readouterr().err
 
 
+def test_a_second_set_adds_to_the_first(tmp_path, capsys):
+    # the bad value is in the first --set: were it replaced by the second, the run would start
+    with pytest.raises(SystemExit) as exit_info:
+        run(["--model", "flat", "--preset", "tiny", "--out", str(tmp_path), "--set",
+             "train.lr=-1", "--set", "generate.limit=2"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "train.lr=-1.0: expected a number > 0" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
     cfg = preset("tiny", "megabyte")
     cfg.data.root = str(data_root)
