@@ -40,6 +40,7 @@ MAIN_COLUMNS = [
     "duration_ratio",
     "bits_per_code",
     "bits_per_second",
+    "text_reliance_bits",
     "gen_rtf",
     "train_codes_per_s",
 ]
@@ -221,6 +222,10 @@ NOTES = (
     "future frames included, so its codebooks 2..K see more context and its codebook 1 less. "
     "The total is comparable because each backend's per-codebook terms are the factors of one "
     "valid chain-rule decomposition of the same joint probability of the utterance's codes.",
+    "Text reliance: test bits per code with each utterance's codes scored against the next "
+    "test utterance's phonemes, minus with its own (teacher-forced): how much the model reads "
+    "the text. Near 0, the model predicts from the audio before it alone and drifts off the "
+    "sentence when it generates.",
     "Tests: per seed, Wilcoxon signed-rank on per-utterance WER for each pair (same "
     "sentences), Holm-corrected across pairs; with >= 3 seeds, a paired t-test on per-seed mean "
     "WER, Holm-corrected. Intervals are over seeds, never over utterance x seed.",

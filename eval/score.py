@@ -187,11 +187,15 @@ def run_row(run: Run, scores: dict) -> dict:
         "bits_per_code": test["test"]["bits_per_code"],
         "bits_per_second": test["test"]["bits_per_code"] * k * test["frame_rate"],
         "stop_bits": test["test"]["stop_bits"],
+        # missing in runs made before it was measured (experiments/run.py text_reliance)
+        "text_reliance_bits": test["test"].get("text_reliance_bits"),
         "gen_rtf": run.generation_summary["real_time_factor"],
         "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
     }
     for i, bits in enumerate(test["test"]["bits_per_code_by_codebook"], start=1):
         row[f"bits_cb{i}"] = bits
+    for i, bits in enumerate(test["test"].get("text_reliance_bits_by_codebook", []), start=1):
+        row[f"text_reliance_cb{i}"] = bits
     return row
 
 

@@ -120,6 +120,22 @@ def check_config(run: RunDir, cfg: RunConfig) -> dict:
     return resolved
 
 
+def text_reliance(own: dict, other_text: dict) -> dict:
+    """Test bits per code lost when every utterance is scored with another one's text (the
+    next in the split), in total and per codebook: ~0 for a model that ignores the text."""
+    return {
+        "text_reliance_bits": other_text["bits_per_code"] - own["bits_per_code"],
+        "text_reliance_bits_by_codebook": [
+            o - s
+            for o, s in zip(
+                other_text["bits_per_code_by_codebook"],
+                own["bits_per_code_by_codebook"],
+                strict=True,
+            )
+        ],
+    }
+
+
 def check_generation(cfg: RunConfig, frame_rate: float) -> None:
     if int(cfg.generate.max_seconds * frame_rate) < 1:
         raise ConfigError(
@@ -281,8 +297,13 @@ def run_one(args, model_name: str) -> dict:
             frame_rate=rate,
             extra_state={"params": params},
         )
-        _, _, test_loader = loader_for(
-            prepared.cache_dir, "test", cfg.train, cfg.data, rate, shuffle=False
+        test_split = (prepared.cache_dir, "test", cfg.train, cfg.data, rate)
+        test_set, _, test_loader = loader_for(*test_split, shuffle=False)
+        # the text-reliance control: each test utterance's codes with the next one's phonemes
+        other_text_loader = (
+            loader_for(*test_split, shuffle=False, other_text=True)[2]
+            if len(test_set) > 1
+            else None
         )
     except ValueError as err:  # a batch split or a length filter that cannot work
         raise ConfigError(str(err)) from err
@@ -310,6 +331,10 @@ def run_one(args, model_name: str) -> dict:
     best = run.load_checkpoint("best", trainer.device)
     model.load_state_dict(best["model"])
     result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
+    if other_text_loader is not None:
+        result["test"].update(
+            text_reliance(result["test"], evaluate(model, other_text_loader, trainer.device))
+        )
     result["best_step"] = best["step"]
     if dist.is_main():
         result["generation"] = {

@@ -35,7 +35,7 @@ from models.flops import train_step_flops
 from phonelm import distributed as dist
 from phonelm.batching import LengthBucketSampler, collate
 from phonelm.config import DataConfig
-from phonelm.dataset import CodeDataset
+from phonelm.dataset import CodeDataset, OtherText
 from phonelm.run_dir import RunDir
 
 
@@ -178,8 +178,10 @@ def loader_for(
     *,
     shuffle: bool,
     micro_batch: int | None = None,
+    other_text: bool = False,
 ):
-    """Batches of one split, with the data config's length filters applied."""
+    """Batches of one split, with the data config's length filters applied (`other_text`: each
+    utterance with the next one's phonemes, phonelm.dataset.OtherText)."""
     try:
         ds = CodeDataset(
             cache_dir,
@@ -192,6 +194,8 @@ def loader_for(
             f"the {split} split is empty after the length filters (data.max_seconds="
             f"{data.max_seconds}, data.max_phonemes={data.max_phonemes}): {err}"
         ) from err
+    if other_text:
+        ds = OtherText(ds)
     sampler = LengthBucketSampler(
         ds.frame_lengths,
         batch_size=micro_batch or cfg.micro_batch_size,

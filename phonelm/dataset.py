@@ -8,7 +8,7 @@ atomically and skipped when present, so an interrupted build resumes where it st
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -258,3 +258,25 @@ class CodeDataset(Dataset):
     def frames_per_phoneme(self) -> float:
         """Mean audio frames per phoneme over the split (total frames / total phonemes)."""
         return sum(self.frame_lengths) / max(1, sum(len(p) for p in self._phonemes))
+
+
+class OtherText(Dataset):
+    """A split in which item i keeps its own codes but takes the phonemes of item i + 1 (the
+    last item takes the first's): teacher-forced bits on it minus bits on the split itself say
+    how much a model reads the text ("text reliance"). Frame lengths, so batches, are the
+    split's own."""
+
+    def __init__(self, ds: CodeDataset):
+        if len(ds) < 2:
+            raise ValueError(f"another utterance's text needs >= 2 utterances, got {len(ds)}")
+        self.ds = ds
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def __getitem__(self, i: int) -> Item:
+        return replace(self.ds[i], phonemes=self.ds[(i + 1) % len(self.ds)].phonemes)
+
+    @property
+    def frame_lengths(self) -> list[int]:
+        return self.ds.frame_lengths

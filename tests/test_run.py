@@ -70,6 +70,10 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     assert len(test["test"]["bits_per_code_by_codebook"]) == 2 and test["params"] > 0
     assert result["steps"] == 6 and result["stopped_by"] == "steps"
     assert 0 < test["params_non_embedding"] < test["params"] and test["frame_rate"] == 75.0
+    # the text-reliance control scored the test split with other utterances' text (exactly 0
+    # would mean the same inputs twice)
+    reliance = test["test"]["text_reliance_bits_by_codebook"]
+    assert len(reliance) == 2 and test["test"]["text_reliance_bits"] != 0
     # every log line carries the counts, growing with the steps
     counted = [x for x in lines if "loss" in x]
     for key in ("codes_seen", "flops", "train_seconds", "cpu_seconds"):

@@ -74,6 +74,7 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     assert (runs["non_embedding_params_M"] < runs["params_M"]).all()
     assert runs["code_repetition_cb1"].between(0, 1).all()
     assert (runs["bits_per_code"] > 0).all() and (runs["params_M"] > 0).all()
+    assert runs["text_reliance_bits"].notna().all() and runs["text_reliance_cb2"].notna().all()
     saved = pd.read_csv(results / "summary.csv")
     assert len(saved) == 5
     summary = (results / "summary.md").read_text()
