@@ -32,6 +32,18 @@ def make_batch(seed: int = 0, lengths=((7, 12), (5, 9)), k: int = K):
     return collate(items)
 
 
+def memorise(model, batch, steps: int = 200) -> None:
+    """Train `model` on one batch (AdamW, lr 3e-3) and leave it in eval mode."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(batch).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
 @pytest.fixture(
     params=[(name, stride) for name in sorted(BACKENDS) for stride in (None, 2.5)],
     ids=lambda p: p[0] + ("" if p[1] is None else "-aligned"),
@@ -122,15 +134,8 @@ def test_generate_returns_codes_in_range_and_respects_the_guard(model):
 
 def test_trained_model_stops_by_itself(model):
     torch.manual_seed(0)
-    model.train()
     batch = make_batch(lengths=((6, 4),))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = model(batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
+    memorise(model, batch)
     [g] = model.generate([batch.phonemes[0]], max_frames=20, sampling=GREEDY, seeds=[0])
     assert g.stopped and g.codes.shape == (K, 4)
     assert torch.equal(g.codes, batch.codes[0])  # greedy decoding reproduces what it memorised

@@ -9,6 +9,7 @@ from models.base import Backend, ForwardOutput, ModelConfig
 from models.registry import build_backend
 from phonelm.batching import collate
 from phonelm.dataset import Item, OtherText
+from tests.test_backends import memorise, tiny
 
 
 class KnownNll(Backend):
@@ -77,21 +78,14 @@ def test_a_model_that_reads_the_text_loses_bits_with_another_ones():
     only come from the text, so another utterance's text costs bits; the text-reliance figure
     of experiments/run.py is that loss, per codebook."""
     torch.manual_seed(0)
-    cfg = ModelConfig(name="megabyte", n_codebooks=2, dim=32, depth=2, dim_head=32, ff_mult=2,
-                      local_dim=32, local_depth=1)  # fmt: skip
-    model = build_backend(cfg)
+    model = build_backend(tiny("megabyte", n_codebooks=2))
     gen = torch.Generator().manual_seed(1)  # phonemes; the codes from the seed above
     split = Split(
         Item(f"u{i}", torch.randint(4, 78, (6,), generator=gen), torch.randint(0, 1024, (2, 5)))
         for i in range(2)
     )
     batch = collate(list(split))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = model(batch).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    memorise(model, batch)
     own = evaluate(model, [batch], "cpu")
     swapped = evaluate(model, [collate([OtherText(split)[i] for i in range(2)])], "cpu")
     reliance = text_reliance(own, swapped)
