@@ -27,13 +27,13 @@ from tqdm import tqdm
 
 from experiments.overrides import ConfigError, apply
 from experiments.presets import GenerateConfig, RunConfig, check, preset, resolve
-from experiments.train import Trainer, evaluate, loader_for, seed_everything
+from experiments.train import Trainer, evaluate, loader_for, loader_over, seed_everything
 from models.registry import BACKENDS, build_backend
 from phonelm import distributed as dist
 from phonelm.audio import save_audio
 from phonelm.codecs import CodecError
 from phonelm.corpus import CorpusError
-from phonelm.dataset import CodeDataset, prepare
+from phonelm.dataset import CodeDataset, OtherText, prepare
 from phonelm.run_dir import TTS, RunDir, RunDirError, atomic_save
 from phonelm.sampling import utterance_seed
 from phonelm.text import Phonemizer, TextError
@@ -297,11 +297,12 @@ def run_one(args, model_name: str) -> dict:
             frame_rate=rate,
             extra_state={"params": params},
         )
-        test_split = (prepared.cache_dir, "test", cfg.train, cfg.data, rate)
-        test_set, _, test_loader = loader_for(*test_split, shuffle=False)
+        test_set, _, test_loader = loader_for(
+            prepared.cache_dir, "test", cfg.train, cfg.data, rate, shuffle=False
+        )
         # the text-reliance control: each test utterance's codes with the next one's phonemes
         other_text_loader = (
-            loader_for(*test_split, shuffle=False, other_text=True)[2]
+            loader_over(OtherText(test_set), cfg.train, shuffle=False)[1]
             if len(test_set) > 1
             else None
         )

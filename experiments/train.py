@@ -35,7 +35,7 @@ from models.flops import train_step_flops
 from phonelm import distributed as dist
 from phonelm.batching import LengthBucketSampler, collate
 from phonelm.config import DataConfig
-from phonelm.dataset import CodeDataset, OtherText
+from phonelm.dataset import CodeDataset
 from phonelm.run_dir import RunDir
 
 
@@ -178,10 +178,8 @@ def loader_for(
     *,
     shuffle: bool,
     micro_batch: int | None = None,
-    other_text: bool = False,
 ):
-    """Batches of one split, with the data config's length filters applied (`other_text`: each
-    utterance with the next one's phonemes, phonelm.dataset.OtherText)."""
+    """Batches of one split, with the data config's length filters applied."""
     try:
         ds = CodeDataset(
             cache_dir,
@@ -194,8 +192,13 @@ def loader_for(
             f"the {split} split is empty after the length filters (data.max_seconds="
             f"{data.max_seconds}, data.max_phonemes={data.max_phonemes}): {err}"
         ) from err
-    if other_text:
-        ds = OtherText(ds)
+    sampler, loader = loader_over(ds, cfg, shuffle=shuffle, micro_batch=micro_batch)
+    return ds, sampler, loader
+
+
+def loader_over(ds, cfg: TrainConfig, *, shuffle: bool, micro_batch: int | None = None):
+    """(sampler, loader) of a loaded split (anything with items and `frame_lengths`), in
+    length buckets."""
     sampler = LengthBucketSampler(
         ds.frame_lengths,
         batch_size=micro_batch or cfg.micro_batch_size,
@@ -211,7 +214,7 @@ def loader_for(
         num_workers=cfg.num_workers,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    return ds, sampler, loader
+    return sampler, loader
 
 
 class Interrupted(SystemExit):
