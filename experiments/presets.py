@@ -150,6 +150,7 @@ _CHECKS = [
       ("dim", "depth", "dim_head", "ff_mult", "local_dim", "local_depth", "codebook_size")),
     ("model.nar_depth", lambda v: v >= 0, "an integer >= 0 (0: the same as model.depth)"),
     ("model.positions", lambda v: v in ("sequence", "aligned"), "'sequence' or 'aligned'"),
+    ("model.prefix", lambda v: v in ("causal", "bidirectional"), "'causal' or 'bidirectional'"),
     ("model.phoneme_stride", _positive, "frames per phoneme > 0, or none to measure it"),
     ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("model.code_dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),

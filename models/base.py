@@ -34,6 +34,9 @@ class ModelConfig:
     n_codebooks: int | None = None  # K: None takes the codec's; another value is an error
     positions: str = "sequence"  # rotary positions: "sequence" | "aligned" (models/positions.py)
     phoneme_stride: float | None = None  # aligned: frames per phoneme (None: run.py measures it)
+    # attention inside the phoneme prefix: "causal" (phoneme i sees phonemes <= i) or
+    # "bidirectional" (every phoneme sees the whole text, a prefix LM); audio is causal either way
+    prefix: str = "causal"
     codebook_size: int = 1024
     n_phonemes: int = len(VOCAB)
 
@@ -80,6 +83,8 @@ class Backend(nn.Module, ABC):
             raise ValueError(f"model.n_codebooks must be a positive K, got {cfg.n_codebooks}")
         if cfg.positions not in ("sequence", "aligned"):
             raise ValueError(f"model.positions={cfg.positions!r}: expected 'sequence' or 'aligned'")
+        if cfg.prefix not in ("causal", "bidirectional"):
+            raise ValueError(f"model.prefix={cfg.prefix!r}: expected 'causal' or 'bidirectional'")
         if cfg.positions == "aligned" and not (cfg.phoneme_stride or 0) > 0:
             raise ValueError(
                 f"model.positions='aligned' needs model.phoneme_stride > 0 (frames per phoneme), "

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from x_transformers import Decoder, Encoder
+from x_transformers.x_transformers import PrefixDecoder
 
 from models.base import ForwardOutput, ModelConfig
 
@@ -14,10 +15,26 @@ def heads_for(dim: int, dim_head: int) -> int:
     return max(1, dim // dim_head)
 
 
-def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, causal: bool = True):
-    """The one block type of the benchmark: pre-norm attention + GLU feed-forward, rotary."""
+def attention_stack(
+    cfg: ModelConfig,
+    *,
+    depth: int,
+    dim: int | None = None,
+    causal: bool = True,
+    text_prefix: bool = False,
+):
+    """The one block type of the benchmark: pre-norm attention + GLU feed-forward, rotary.
+
+    A causal stack whose sequence starts with the phoneme prefix (`text_prefix`) is, with
+    cfg.prefix == "bidirectional", x-transformers' `PrefixDecoder`: run it through
+    `run_stack` with the prefix length, and its text tokens see each other."""
     dim = dim or cfg.dim
-    stack = Decoder if causal else Encoder
+    if not causal:
+        stack = Encoder
+    elif text_prefix and cfg.prefix == "bidirectional":
+        stack = PrefixDecoder
+    else:
+        stack = Decoder
     return stack(
         dim=dim,
         depth=depth,
@@ -30,6 +47,17 @@ def attention_stack(cfg: ModelConfig, *, depth: int, dim: int | None = None, cau
         attn_dropout=cfg.dropout,
         ff_dropout=cfg.dropout,
     )
+
+
+def run_stack(
+    stack: nn.Module, x: torch.Tensor, *, mask: torch.Tensor, pos, prefix: int
+) -> torch.Tensor:
+    """x [B, N, D] whose first `prefix` tokens are the text -> [B, N, D]. A `PrefixDecoder`'s
+    text tokens attend to each other (keys < prefix are visible to every query); a `Decoder`
+    stays causal throughout."""
+    if isinstance(stack, PrefixDecoder):
+        return stack(x, mask=mask, pos=pos, prefix_attn_len=prefix)
+    return stack(x, mask=mask, pos=pos)
 
 
 def drop_codes(emb: torch.Tensor, p: float, training: bool) -> torch.Tensor:

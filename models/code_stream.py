@@ -20,6 +20,7 @@ from models.blocks import (
     frame_targets,
     pad_phonemes,
     phoneme_prefix,
+    run_stack,
 )
 from models.kv_cache import stack_decoder, window
 from models.patterns import Pattern
@@ -36,7 +37,7 @@ class CodeStream(nn.Module):
         self.phoneme_emb = nn.Embedding(cfg.n_phonemes, cfg.dim)
         self.code_emb = nn.Embedding(n_streams * cfg.codebook_size, cfg.dim)
         self.bos = nn.Parameter(torch.randn(cfg.dim) * 0.02)
-        self.stack = attention_stack(cfg, depth=depth)
+        self.stack = attention_stack(cfg, depth=depth, text_prefix=True)
         self.heads = CodebookHeads(cfg.dim, n_streams, cfg.codebook_size)
 
     def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,7 @@ class CodeStream(nn.Module):
         x = torch.cat([prefix, self._embed_codes(codes)], dim=1)
         mask = torch.cat([valid, code_mask.repeat_interleave(self.k, dim=1)], dim=1)
         pos = self._positions(ph_mask, 1 + f * self.k)
-        h = self.stack(x, mask=mask, pos=pos)[:, p:]  # [B, 1 + F*S, D]: position j predicts token j
+        h = run_stack(self.stack, x, mask=mask, pos=pos, prefix=p)[:, p:]  # [B, 1 + F*S, D]: j -> j
         step, _ = self.pattern.place(f + 1)  # [F + 1, S]: the position that predicts each code
         h = F.pad(h, (0, 0, 0, self.k - 1))  # [B, (F + 1) * S, D]
         return self.heads(h[:, step.to(h.device)])  # [B, F + 1, S, D] -> logits
@@ -93,7 +94,7 @@ class CodeStream(nn.Module):
         pos = self._positions(ph_mask, 1 + n * self.k)  # [B, P + 1 + F * S] or None
         decoder = stack_decoder(self.stack, batch=b, capacity=p + 1 + n * self.k, cached=cached)
         x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        last = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
+        last = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid, prefix=p)[:, -1]
         out = Decoded(limits, self.k, self.v)
         for frame in range(n):
             for k in range(self.k):

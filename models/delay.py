@@ -26,6 +26,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
     phoneme_prefix,
+    run_stack,
 )
 from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
@@ -41,7 +42,7 @@ class Delay(Backend):
         self.phoneme_emb = nn.Embedding(cfg.n_phonemes, d)
         self.code_emb = nn.Embedding(k * (v + 1), d)  # per codebook: V codes + a blank
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
-        self.stack = attention_stack(cfg, depth=cfg.depth)
+        self.stack = attention_stack(cfg, depth=cfg.depth, text_prefix=True)
         self.heads = CodebookHeads(d, k, v)
 
     def _embed_steps(self, steps: torch.Tensor) -> torch.Tensor:
@@ -63,7 +64,8 @@ class Delay(Backend):
         x = torch.cat([prefix, self._embed_steps(steps)], dim=1)
         real = torch.arange(f + k, device=codes.device)[None] < (lengths + k)[:, None]
         pos = sequence_positions(cfg, ph_mask, f + k)
-        h = self.stack(x, mask=torch.cat([valid, real[:, 1:]], dim=1), pos=pos)[:, ids.shape[1] :]
+        mask = torch.cat([valid, real[:, 1:]], dim=1)
+        h = run_stack(self.stack, x, mask=mask, pos=pos, prefix=ids.shape[1])[:, ids.shape[1] :]
         step, _ = self.pattern.place(f + 1)  # [F + 1, K]: the step each code is read at
         return self.heads(h[:, step.to(h.device)])  # [B, F + 1, K, D] -> logits
 
@@ -89,7 +91,7 @@ class Delay(Backend):
         pos = sequence_positions(cfg, ph_mask, n + k)  # [B, P + 1 + F + K - 1] or None
         decoder = stack_decoder(self.stack, batch=b, capacity=p + n + k, cached=cached)
         x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)
+        h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid, prefix=p)
         out = Decoded(limits, k, v)
         for s in range(n + k - 1):
             step = torch.full((b, k), v, dtype=torch.long, device=ids.device)  # blanks

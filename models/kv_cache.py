@@ -25,8 +25,11 @@ from x_transformers.x_transformers import (
     Decoder,
     FeedForward,
     LayerNorm,
+    PrefixDecoder,
     Residual,
 )
+
+from models.blocks import run_stack
 
 _ATTENTION_PARAMS = {"to_q.weight", "to_k.weight", "to_v.weight"}
 
@@ -97,7 +100,8 @@ class CachedStack:
 
     `batch` rows, at most `capacity` tokens in all. `step(x [B, N, D], pos=..., valid=...)`
     appends N tokens and returns their outputs [B, N, D] (after the stack's final norm). The
-    weights are read when it is built: build it per generation, after training.
+    weights are read when it is built: build it per generation, after training. A
+    `PrefixDecoder`'s text prefix (`step(..., prefix=P)` on the first chunk) is bidirectional.
     """
 
     _agreeing = weakref.WeakSet()  # stacks whose outputs it was checked to reproduce
@@ -105,6 +109,7 @@ class CachedStack:
     @torch.no_grad()
     def __init__(self, stack: Decoder, *, batch: int, capacity: int, check: bool = True):
         self.layers = _layers(stack)
+        self.bidirectional = isinstance(stack, PrefixDecoder)
         self.final_norm, self.final_eps = _norm_weight(stack.final_norm)
         self.inv_freq = stack.rotary_pos_emb.inv_freq  # [rot / 2]
         self.capacity, self.length = capacity, 0
@@ -174,13 +179,18 @@ class CachedStack:
         *,
         pos: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
+        prefix: int = 0,
     ) -> torch.Tensor:
         """x [B, N, D]; pos [B, N] rotary positions (None: the sequence index); valid [B, N]
-        (False: a padding token no later token attends to; None: all valid) -> [B, N, D]."""
+        (False: a padding token no later token attends to; None: all valid); prefix: the
+        number of leading text tokens of a first chunk, which a PrefixDecoder's tokens all see
+        (`models.blocks.run_stack`) -> [B, N, D]."""
         b, n, d = x.shape
         start, end = self.length, self.length + n
         if end > self.capacity:
             raise ValueError(f"CachedStack holds {self.capacity} tokens; {end} were fed")
+        _check_prefix(prefix, start, n)
+        text = prefix if self.bidirectional else 0
         if pos is None:  # the sequence index: rows of a table made once
             cos, sin = self._index_rotation()
             cos, sin = cos[..., start:end, :], sin[..., start:end, :]
@@ -191,11 +201,12 @@ class CachedStack:
         self.valid[:, start:end] = True if valid is None else valid
         see = None  # one new token and no padding anywhere: it sees every key
         if n > 1 or self.padded:
-            # query i sees key j when j is valid and earlier; every token sees itself, so a
-            # padding query attends to something (its output is never used)
+            # query i sees key j when j is valid and earlier or text; every token sees itself,
+            # so a padding query attends to something (its output is never used)
             j = torch.arange(end, device=x.device)
             i = torch.arange(start, end, device=x.device)[:, None]
-            see = ((self.valid[:, None, :end] & (j <= i)) | (j == i))[:, None]  # [B, 1, N, end]
+            earlier = (j <= i) | (j < text)
+            see = ((self.valid[:, None, :end] & earlier) | (j == i))[:, None]  # [B, 1, N, end]
         index = 0
         # the hot loop: view/permute rather than einops (microseconds a call add up)
         for layer in self.layers:
@@ -219,6 +230,11 @@ class CachedStack:
         return F.layer_norm(x, (d,), self.final_norm, eps=self.final_eps)
 
 
+def _check_prefix(prefix: int, start: int, n: int) -> None:
+    if prefix and (start > 0 or prefix > n):
+        raise ValueError(f"a text prefix ({prefix} tokens) must lie within the first chunk")
+
+
 def window(pos: torch.Tensor | None, start: int, end: int) -> torch.Tensor | None:
     """Positions [B, L] -> [B, end - start] of tokens start..end-1 (None stays None)."""
     return None if pos is None else pos[:, start:end]
@@ -234,7 +250,7 @@ class Recompute:
         self.clear()
 
     def clear(self) -> None:
-        self.x, self.pos, self.valid, self.length = [], [], [], 0
+        self.x, self.pos, self.valid, self.length, self.prefix = [], [], [], 0, 0
 
     @torch.no_grad()
     def step(
@@ -243,10 +259,14 @@ class Recompute:
         *,
         pos: torch.Tensor | None = None,
         valid: torch.Tensor | None = None,
+        prefix: int = 0,
     ) -> torch.Tensor:
         b, n, _ = x.shape
         if self.length + n > self.capacity:
             raise ValueError(f"Recompute holds {self.capacity} tokens; {self.length + n} were fed")
+        _check_prefix(prefix, self.length, n)
+        if self.length == 0:
+            self.prefix = prefix
         if pos is None:
             pos = torch.arange(self.length, self.length + n, device=x.device).expand(b, -1)
         self.x.append(x)
@@ -255,8 +275,12 @@ class Recompute:
             torch.ones(b, n, dtype=torch.bool, device=x.device) if valid is None else valid
         )
         self.length += n
-        out = self.stack(
-            torch.cat(self.x, 1), mask=torch.cat(self.valid, 1), pos=torch.cat(self.pos, 1)
+        out = run_stack(
+            self.stack,
+            torch.cat(self.x, 1),
+            mask=torch.cat(self.valid, 1),
+            pos=torch.cat(self.pos, 1),
+            prefix=self.prefix,
         )
         return out[:, -n:]
 

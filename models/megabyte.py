@@ -27,6 +27,7 @@ from models.blocks import (
     left_align,
     pad_phonemes,
     phoneme_prefix,
+    run_stack,
 )
 from models.kv_cache import stack_decoder, window
 from models.positions import sequence_positions
@@ -43,7 +44,7 @@ class MegaByte(Backend):
         self.bos = nn.Parameter(torch.randn(d) * 0.02)
         self.patch_code_emb = nn.Embedding(k * v, e)
         self.patch_proj = nn.Linear(k * e, d)
-        self.global_stack = attention_stack(cfg, depth=cfg.depth)
+        self.global_stack = attention_stack(cfg, depth=cfg.depth, text_prefix=True)
         self.to_local = nn.Linear(d, e)
         self.local_code_emb = nn.Embedding(k * v, e)
         self.local_start = nn.Parameter(torch.randn(e) * 0.02)
@@ -69,7 +70,8 @@ class MegaByte(Backend):
         x = torch.cat([prefix, self._patches(codes)], dim=1)
         mask = torch.cat([valid, code_mask], dim=1)
         pos = sequence_positions(self.cfg, ph_mask, f + 1)
-        g = self.global_stack(x, mask=mask, pos=pos)[:, ids.shape[1] :]  # [B, F + 1, D]: g[f] -> f
+        p = ids.shape[1]
+        g = run_stack(self.global_stack, x, mask=mask, pos=pos, prefix=p)[:, p:]  # [B, F + 1, D]
         # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
         shifted = nn.functional.pad(codes, (0, 1)).clamp_min(0)[:, : k - 1]  # [B, K - 1, F + 1]
         shifted = self.local_code_emb(shifted + self._offset(codes.device)[: k - 1, None])
@@ -105,7 +107,7 @@ class MegaByte(Backend):
         glob = stack_decoder(self.global_stack, batch=b, capacity=p + 1 + n, cached=cached)
         local = stack_decoder(self.local_stack, batch=b, capacity=cfg.n_codebooks, cached=cached)
         prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        g = glob.step(prefix, pos=window(pos, 0, p + 1), valid=valid)
+        g = glob.step(prefix, pos=window(pos, 0, p + 1), valid=valid, prefix=p)
         out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
         for frame in range(n):
             base = self.to_local(g[:, -1])  # [B, E]

@@ -44,16 +44,23 @@ def memorise(model, batch, steps: int = 200) -> None:
     model.eval()
 
 
+VARIANTS = {  # id suffix -> ModelConfig changes
+    "": {},
+    "-aligned": dict(positions="aligned", phoneme_stride=2.5),
+    "-aligned-bidirectional": dict(positions="aligned", phoneme_stride=2.5, prefix="bidirectional"),
+}
+
+
 @pytest.fixture(
-    params=[(name, stride) for name in sorted(BACKENDS) for stride in (None, 2.5)],
-    ids=lambda p: p[0] + ("" if p[1] is None else "-aligned"),
+    params=[(name, variant) for name in sorted(BACKENDS) for variant in VARIANTS],
+    ids=lambda p: p[0] + p[1],
 )
 def model(request):
-    """Every backend, with sequence-index and with aligned rotary positions."""
-    name, stride = request.param
+    """Every backend: sequence-index positions, aligned positions, and aligned positions with
+    a bidirectional phoneme prefix."""
+    name, variant = request.param
     torch.manual_seed(0)
-    positions = "sequence" if stride is None else "aligned"
-    return build_backend(tiny(name, positions=positions, phoneme_stride=stride)).eval()
+    return build_backend(tiny(name, **VARIANTS[variant])).eval()
 
 
 def test_unknown_backend_lists_valid_ones():

@@ -3,14 +3,14 @@ import torch
 from x_transformers import Decoder
 
 from models.base import ModelConfig
-from models.blocks import attention_stack
-from models.kv_cache import CachedStack
+from models.blocks import attention_stack, run_stack
+from models.kv_cache import CachedStack, Recompute
 
 
-def stack(dim: int = 64, dim_head: int = 32, depth: int = 3) -> Decoder:
+def stack(dim: int = 64, dim_head: int = 32, depth: int = 3, prefix: str = "causal") -> Decoder:
     torch.manual_seed(0)
-    cfg = ModelConfig(dim=dim, depth=depth, dim_head=dim_head, n_codebooks=2)
-    built = attention_stack(cfg, depth=depth).eval()
+    cfg = ModelConfig(dim=dim, depth=depth, dim_head=dim_head, n_codebooks=2, prefix=prefix)
+    built = attention_stack(cfg, depth=depth, text_prefix=True).eval()
     with torch.no_grad():  # x-transformers inits gammas to 1 and biases to 0: make them matter
         for name, p in built.named_parameters():
             if "gamma" in name or "bias" in name:
@@ -39,6 +39,35 @@ def test_chunked_decoding_equals_the_stack_on_the_whole_sequence(dim_head):
     )
     assert cached.length == 12
     torch.testing.assert_close(out[valid], expected[valid], atol=1e-5, rtol=1e-5)
+
+
+def test_a_bidirectional_text_prefix_sees_later_text_and_audio_stays_causal():
+    model, (x, valid, pos) = stack(prefix="bidirectional"), left_padded()
+    later_text, later_audio = x.clone(), x.clone()
+    later_text[:, 4] += 1.0
+    later_audio[:, 9] += 1.0
+
+    def run(inputs, prefix=5):
+        return run_stack(model, inputs, mask=valid, pos=pos, prefix=prefix)
+
+    assert not torch.allclose(run(x)[:, 3], run(later_text)[:, 3])  # text sees later text
+    torch.testing.assert_close(run(x)[:, :9], run(later_audio)[:, :9])  # nothing sees the future
+    # prefix 0 is the causal stack
+    torch.testing.assert_close(run(x, 0)[:, 3], run(later_text, 0)[:, 3])
+    torch.testing.assert_close(run(x, 0), model(x, mask=valid, pos=pos))
+
+
+@pytest.mark.parametrize("decoder", [CachedStack, Recompute])
+def test_chunked_decoding_with_a_bidirectional_prefix_equals_the_whole_sequence(decoder):
+    model, (x, valid, pos) = stack(prefix="bidirectional"), left_padded()
+    expected = run_stack(model, x, mask=valid, pos=pos, prefix=5)
+    cached = decoder(model, batch=3, capacity=12)
+    out = [cached.step(x[:, :6], pos=pos[:, :6], valid=valid[:, :6], prefix=5)]
+    out += [cached.step(x[:, i : i + 1], pos=pos[:, i : i + 1]) for i in range(6, 12)]
+    out = torch.cat(out, dim=1)
+    torch.testing.assert_close(out[valid], expected[valid], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="must lie within the first chunk"):
+        decoder(model, batch=3, capacity=12).step(x[:, :3], prefix=5)
 
 
 def test_default_positions_are_the_sequence_index_and_clear_restarts():

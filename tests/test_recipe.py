@@ -53,11 +53,30 @@ def test_aligned_positions_change_the_model_and_follow_the_stride(name):
     [
         ({"positions": "diagonal"}, "model.positions='diagonal': expected 'sequence' or 'aligned'"),
         ({"positions": "aligned"}, "needs model.phoneme_stride > 0"),
+        ({"prefix": "full"}, "model.prefix='full': expected 'causal' or 'bidirectional'"),
     ],
 )
 def test_bad_position_settings_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         build_backend(tiny("flat", **changes))
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_a_bidirectional_prefix_reaches_every_stack_that_reads_phonemes_causally(name):
+    """The same weights give other codebook-1 NLLs with a bidirectional phoneme prefix; VALL-E's
+    NAR (codebooks 2..K) already attends both ways and is unchanged."""
+    torch.manual_seed(0)
+    causal = build_backend(tiny(name)).eval()
+    bidirectional = build_backend(replace(causal.cfg, prefix="bidirectional")).eval()
+    bidirectional.load_state_dict(causal.state_dict())
+    batch = make_batch()
+    with torch.no_grad():
+        a, b = causal(batch).nll, bidirectional(batch).nll
+    assert not torch.allclose(a[0], b[0])
+    if name == "valle":
+        torch.testing.assert_close(a[1:], b[1:])
+    else:
+        assert not torch.allclose(a[1:], b[1:])
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))

@@ -172,6 +172,7 @@ def test_micro_batches_follow_the_world_size():
     ("override", "message"),
     [
         ("model.dim=-1", "model.dim=-1: expected an integer >= 1"),
+        ("model.prefix=full", "model.prefix='full': expected 'causal' or 'bidirectional'"),
         ("data.max_seconds=0", "data.max_seconds=0.0: expected a number of seconds > 0"),
         ("generate.max_seconds=0.01", "generate.max_seconds=0.01 allows no frame"),
         ("data.max_seconds=0.05", "the train split is empty after the length filters"),
