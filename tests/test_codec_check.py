@@ -26,8 +26,10 @@ def test_codec_check_scores_original_and_each_k(ljspeech_fixture, tmp_path):
     assert list(table["audio"]) == ["original", "mel-rvq", "mel-rvq"]
     assert list(table["codebooks"].fillna(0)) == [0, 1, 2]
     # bounds a broken ASR (empty or hallucinated transcripts: WER >= ~1) or a codec that decodes
-    # to noise would break: eSpeak speech scores ~0.3 with tiny.en, its mel-rvq resynthesis ~0.35
-    assert table.loc[0, "wer"] <= 0.5 and (table.loc[1:, "wer"] <= 0.75).all(), table["wer"]
+    # to noise would break: eSpeak speech scores ~0.3 with tiny.en, its mel-rvq resynthesis
+    # ~0.35-0.76 on these 3 sentences (21 words; the fixture's audio and so the fitted codec
+    # differ slightly between machines: a fresh clone gave 0.76)
+    assert table.loc[0, "wer"] <= 0.5 and (table.loc[1:, "wer"] <= 0.9).all(), table["wer"]
     assert (table["words"] > 0).all()
     assert table.loc[0, "log_mel_l1"] == 0 and (table.loc[1:, "log_mel_l1"] > 0).all()
     assert table["asr_model"].eq("tiny.en").all()
