@@ -18,8 +18,8 @@ K is stated once per preset, on the codec; the model takes the codec's K.
 The `cpu` preset's shared recipe (README, "What made it speak"): K = 2 (the mel-rvq codec's first
 two levels), aligned rotary positions (models/positions.py; the stride is measured on the
 training split) and input-code dropout 0.5 (models/blocks.py `drop_codes`), the same for every
-backend. `paper` keeps sequence positions and
-no code dropout until the recipe is screened on LJSpeech.
+backend. `paper` keeps sequence positions and no code dropout until the recipe is screened on
+LJSpeech.
 """
 
 import functools
@@ -94,7 +94,7 @@ _MODELS = {
 # K is stated once per preset, on its codec
 _CODECS = {
     "tiny": CodecConfig(name="mel-rvq", n_codebooks=2),
-    # the first two levels of the mel-rvq fit: half the frame's codes, so twice the steps per
+    # the first two levels of the mel-rvq fit: half the frame's codes, so ~2.5x the steps per
     # FLOP for flat; the recipe was confirmed at K = 2 (README, "What made it speak")
     "cpu": CodecConfig(name="mel-rvq", n_codebooks=2),
     "paper": CodecConfig(name="encodec", weights="pretrained", bandwidth=6.0),
