@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from experiments.presets import preset, resolve  # noqa: E402
-from experiments.train import loader_for, optimizer_for  # noqa: E402
+from experiments.train import deterministic_algorithms, loader_for, optimizer_for  # noqa: E402
 from models.blocks import heads_for  # noqa: E402
 from models.flops import train_step_flops  # noqa: E402
 from models.registry import BACKENDS, build_backend  # noqa: E402
@@ -127,7 +127,7 @@ def train_rows(model, train_cfg, batches, device, peak, args) -> dict:
     opt = optimizer_for(model, train_cfg)
     model.train()
     steps, waits, codes, flops = [], [], 0, 0
-    with PeakMemory(device) as mem:
+    with PeakMemory(device) as mem, deterministic_algorithms(train_cfg.deterministic, device):
         for i in range(args.warmup + args.steps):
             start = time.perf_counter()
             batch = next(batches).to(device)

@@ -16,12 +16,13 @@ summary carry steps, codes seen (K x real frames), FLOPs, training wall time and
 """
 
 import math
+import os
 import random
 import signal
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -60,12 +61,34 @@ class TrainConfig:
     # share of micro-batches whose utterances' leading 10-50% is an acoustic prompt, without
     # loss (VALL-E's continuation; phonelm/batching.py `Batch.with_prompts`); 0: none
     prompt_fraction: float = 0.0
+    # torch.use_deterministic_algorithms while training, so that the same command gives
+    # bitwise the same weights again at the same thread count and device (without it, CPU
+    # training of delay and valle with 2 threads differed from run to run; False: faster on
+    # some CUDA kernels, reproducible only up to reduction order)
+    deterministic: bool = True
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_algorithms(on: bool, device: torch.device):
+    """torch.use_deterministic_algorithms(on) inside the block, the previous mode after it.
+    warn_only: an op without a deterministic kernel warns instead of stopping the run."""
+    before = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if on and device.type == "cuda":  # cuBLAS reads it when it starts
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
 
 
 def budget_used(step: int, flops: float, cfg: TrainConfig) -> float:
@@ -416,7 +439,8 @@ class Trainer:
 
             writer = SummaryWriter(str(self.run.tensorboard))
         try:
-            return self._fit(writer)
+            with deterministic_algorithms(self.cfg.deterministic, self.device):
+                return self._fit(writer)
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)

@@ -85,17 +85,18 @@ def wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen) -> None:
 @pytest.mark.parametrize("model", sorted(BACKENDS))
 def test_killed_run_resumes_to_the_same_result(model, tmp_path, data_root):
     """SIGKILL mid-run, then the same command: bitwise the uninterrupted run (dropout on,
-    K=4, one thread so that reductions run in one order)."""
+    K=4, two threads: train.deterministic keeps the reductions in one order)."""
     args = ["model.dropout=0.1", "codec.n_codebooks=4", "data.fit_seconds=30"]
-    straight = cli(*tiny(model, tmp_path / "a", data_root, *args, steps=30))
+    threads = {"OMP_NUM_THREADS": "2"}
+    straight = cli(*tiny(model, tmp_path / "a", data_root, *args, steps=30), env=threads)
     assert straight.wait() == 0, straight.stderr.read()[-3000:]
     command = tiny(model, tmp_path / "b", data_root, *args, steps=30)
-    proc = cli(*command)
+    proc = cli(*command, env=threads)
     run_dir = tmp_path / "b" / f"{model}-tiny-seed0"
     wait_for_step(run_dir, 5, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    again = cli(*command)
+    again = cli(*command, env=threads)
     assert again.wait() == 0, again.stderr.read()[-3000:]
     same_run(tmp_path / "a" / f"{model}-tiny-seed0", run_dir)
 
