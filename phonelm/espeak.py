@@ -1,6 +1,10 @@
 """Offline speech synthesis with eSpeak NG from the `espeakng-loader` wheel (no root needed).
 
 libespeak-ng keeps global state, so one process has one synthesiser; calls are serialised.
+Breathy voice variants (`+f3`, ...) mix in noise from eSpeak's own random generator, seeded at
+every call, so the same calls in the same order give the same audio in any process. The wave
+generator also carries pitch and phase from one call to the next: an utterance's samples (not
+its words) depend on what the process spoke before it.
 """
 
 import ctypes
@@ -25,6 +29,7 @@ def _library():
         import espeakng_loader
 
         lib = ctypes.CDLL(espeakng_loader.get_library_path())
+        lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
         sr = lib.espeak_Initialize(
             _AUDIO_OUTPUT_SYNCHRONOUS, 0, espeakng_loader.get_data_path().encode(), 0
         )
@@ -43,14 +48,17 @@ def _library():
     return _state["lib"]
 
 
-def synthesize(text: str, *, voice: str = "en-us+f3", rate: int = 165, pitch: int = 50):
-    """Speak `text` -> (wav [T] float32 in [-1, 1], sample rate)."""
+def synthesize(
+    text: str, *, voice: str = "en-us+f3", rate: int = 165, pitch: int = 50, seed: int = 0
+):
+    """Speak `text` -> (wav [T] float32 in [-1, 1], sample rate); `seed` seeds the breath noise."""
     with _lock:
         lib = _library()
         if lib.espeak_SetVoiceByName(voice.encode()) != 0:
             raise ValueError(f"espeak-ng has no voice {voice!r} (e.g. 'en-us', 'en-us+f3')")
         lib.espeak_SetParameter(_RATE, rate, 0)
         lib.espeak_SetParameter(_PITCH, pitch, 0)
+        lib.espeak_ng_SetRandSeed(seed)
         chunks = _state["chunks"]
         chunks.clear()
         data = text.encode() + b"\0"
