@@ -1,6 +1,6 @@
 """Speed of every backend and of two peers, measured side by side in one run.
 
-    python bench/run.py                      # cpu preset + a 2x-wider size, peers, ~60 min
+    python bench/run.py                      # cpu preset + a 2x-wider size, peers, ~16 min
     python bench/run.py --smoke --out DIR    # seconds: tiny sizes, CI keeps it from rotting
 
 Writes <out>/bench.md, bench.csv and bench_generation.png, each stamped with the command, the
