@@ -31,10 +31,11 @@ import torch
 from experiments.overrides import ConfigError
 from experiments.train import TrainConfig
 from models.base import ModelConfig
+from models.blocks import CODE_DROPOUT_UNITS
 from models.registry import BACKENDS, build_backend
 from phonelm.codecs.encodec import BANDWIDTHS
 from phonelm.config import CodecConfig, DataConfig
-from phonelm.corpus import EmbeddedSettings
+from phonelm.corpus import SPLITS, EmbeddedSettings
 from phonelm.dataset import CodeDataset
 from phonelm.run_dir import CONDITIONS, TTS
 from phonelm.sampling import GroupSampling, Sampling
@@ -157,6 +158,7 @@ _CHECKS = [
     ("model.phoneme_stride", _positive, "frames per phoneme > 0, or none to measure it"),
     ("model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)"),
     ("model.code_dropout", lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    ("model.code_dropout_unit", lambda v: v in CODE_DROPOUT_UNITS, f"one of {CODE_DROPOUT_UNITS}"),
     *((f"train.{f}", _at_least_one, "an integer >= 1") for f in
       ("steps", "batch_size", "micro_batch_size", "eval_every", "log_every")),
     *((f"train.{f}", _positive, "a number > 0") for f in
@@ -168,6 +170,7 @@ _CHECKS = [
     ("data.max_phonemes", _at_least_one, "an integer >= 1"),
     *((f"data.{f}", lambda v: 0 < v < 0.5, "a fraction in (0, 0.5)") for f in
       ("valid_fraction", "test_fraction")),
+    ("generate.split", lambda v: v in SPLITS, f"one of {list(SPLITS)}"),
     ("generate.limit", _at_least_one, "an integer >= 1, or none for the whole split"),
     ("generate.batch_size", _at_least_one, "an integer >= 1"),
     ("generate.max_seconds", _positive, "a number of seconds > 0"),

@@ -297,10 +297,12 @@ def run_one(args, model_name: str) -> dict:
             frame_rate=rate,
             extra_state={"params": params},
         )
+        # held-out bits and the text-reliance control on the split that is generated: `valid`
+        # for screens and recipe choices, `test` only for the study's final runs
         test_set, _, test_loader = loader_for(
-            prepared.cache_dir, "test", cfg.train, cfg.data, rate, shuffle=False
+            prepared.cache_dir, cfg.generate.split, cfg.train, cfg.data, rate, shuffle=False
         )
-        # the text-reliance control: each test utterance's codes with the next one's phonemes
+        # the text-reliance control: each utterance's codes with the next one's phonemes
         other_text_loader = (
             loader_over(OtherText(test_set), cfg.train, shuffle=False)[1]
             if len(test_set) > 1
@@ -337,6 +339,7 @@ def run_one(args, model_name: str) -> dict:
             text_reliance(result["test"], evaluate(model, other_text_loader, trainer.device))
         )
     result["best_step"] = best["step"]
+    result["eval_split"] = cfg.generate.split
     if dist.is_main():
         result["generation"] = {
             c: generate_split(model, cfg, prepared, run, trainer.device, c)

@@ -27,7 +27,10 @@ class ModelConfig:
     dim_head: int = 64
     ff_mult: int = 4
     dropout: float = 0.0
-    code_dropout: float = 0.0  # training: each embedded input code zeroed with this probability
+    code_dropout: float = 0.0  # training: embedded input codes zeroed with this probability
+    # what one dropout draw removes: "code" (each input code alone) or "frame" (all K codes of a
+    # frame together, wherever they enter: the same strength for every ordering)
+    code_dropout_unit: str = "code"
     local_dim: int = 128  # megabyte: local transformer width
     local_depth: int = 2  # megabyte: local transformer depth
     nar_depth: int = 0  # valle: NAR depth (0: same as `depth`)

@@ -60,14 +60,37 @@ def run_stack(
     return stack(x, mask=mask, pos=pos)
 
 
-def drop_codes(emb: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Input-code dropout (Tacotron 2's prenet dropout, for codes): in training, each embedded
-    input code emb [..., D] is zeroed with probability p (the rest scaled by 1 / (1 - p)), so a
+CODE_DROPOUT_UNITS = ("code", "frame")
+
+
+def frame_keep(codes: torch.Tensor, cfg, training: bool) -> torch.Tensor | None:
+    """Which input codes survive frame-level code dropout (`model.code_dropout_unit=frame`):
+    [B, K, F] bool, each frame's K codes kept or dropped together with probability
+    `cfg.code_dropout`, so one history frame is lost with the same probability whatever the
+    ordering embeds per position (a per-code draw loses a whole frame with probability p for a
+    one-code-per-frame stream but p^K for a model that embeds K codes a frame). None when off,
+    or for per-code dropout (`drop_codes` then draws each code itself)."""
+    if not training or cfg.code_dropout == 0 or cfg.code_dropout_unit != "frame":
+        return None
+    b, k, f = codes.shape
+    return (torch.rand(b, 1, f, device=codes.device) >= cfg.code_dropout).expand(b, k, f)
+
+
+def drop_codes(
+    emb: torch.Tensor, p: float, training: bool, keep: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Input-code dropout (Tacotron 2's prenet dropout, for codes): in training, embedded input
+    codes emb [..., D] are zeroed with probability p (the rest scaled by 1 / (1 - p)), so a
     frame cannot be predicted from the audio before it alone and the text must be read. Every
-    backend applies it wherever a code enters as an input; it is off in eval and generation."""
+    backend applies it wherever a code enters as an input; it is off in eval and generation.
+    `keep` [...] (from `frame_keep`, laid out like emb's codes): the draw, shared by every code
+    of a frame; None: each code is drawn on its own."""
     if not training or p == 0:
         return emb
-    keep = torch.rand(*emb.shape[:-1], 1, device=emb.device) >= p
+    if keep is None:
+        keep = torch.rand(*emb.shape[:-1], 1, device=emb.device) >= p
+    else:
+        keep = keep[..., None]
     return emb * keep / (1 - p)
 
 

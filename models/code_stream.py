@@ -17,6 +17,7 @@ from models.blocks import (
     attention_stack,
     codebook_offsets,
     drop_codes,
+    frame_keep,
     frame_targets,
     pad_phonemes,
     phoneme_prefix,
@@ -40,11 +41,14 @@ class CodeStream(nn.Module):
         self.stack = attention_stack(cfg, depth=depth, text_prefix=True)
         self.heads = CodebookHeads(cfg.dim, n_streams, cfg.codebook_size)
 
-    def _embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, S, F] -> [B, F * S, D], codebook-specific, in the flat (frame-major) order."""
+    def _embed_codes(self, codes: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """codes [B, S, F] (+ the frame-dropout draw `keep` [B, S, F]) -> [B, F * S, D],
+        codebook-specific, in the flat (frame-major) order."""
         offset = codebook_offsets(self.k, self.v, codes.device)[None, :, None]
         tokens = self.pattern.build(codes.clamp_min(0) + offset, empty=0)  # [B, 1, F * S]
-        return drop_codes(self.code_emb(tokens[:, 0]), self.cfg.code_dropout, self.training)
+        if keep is not None:
+            keep = self.pattern.build(keep, empty=True)[:, 0]
+        return drop_codes(self.code_emb(tokens[:, 0]), self.cfg.code_dropout, self.training, keep)
 
     def _positions(self, ph_mask: torch.Tensor, n_audio: int) -> torch.Tensor | None:
         """[B, P + n_audio] rotary positions (start token then codes), or None."""
@@ -56,13 +60,17 @@ class CodeStream(nn.Module):
         ph_mask: torch.Tensor,
         codes: torch.Tensor,
         lengths: torch.Tensor,
+        keep: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Left-padded phonemes [B, P] + codes [B, S, F] -> logits [B, F + 1, S, V + 1]."""
+        """Left-padded phonemes [B, P] + codes [B, S, F] -> logits [B, F + 1, S, V + 1].
+        `keep` [B, S, F]: a frame-dropout draw made by the caller (else drawn here)."""
         b, p = phonemes.shape
         f = codes.shape[-1]
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]  # [B, F]
         prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, phonemes, ph_mask)
-        x = torch.cat([prefix, self._embed_codes(codes)], dim=1)
+        if keep is None:
+            keep = frame_keep(codes, self.cfg, self.training)
+        x = torch.cat([prefix, self._embed_codes(codes, keep)], dim=1)
         mask = torch.cat([valid, code_mask.repeat_interleave(self.k, dim=1)], dim=1)
         pos = self._positions(ph_mask, 1 + f * self.k)
         h = run_stack(self.stack, x, mask=mask, pos=pos, prefix=p)[:, p:]  # [B, 1 + F*S, D]: j -> j

@@ -21,6 +21,7 @@ from models.blocks import (
     attention_stack,
     codebook_offsets,
     drop_codes,
+    frame_keep,
     frame_loss,
     frame_targets,
     left_align,
@@ -45,11 +46,12 @@ class Delay(Backend):
         self.stack = attention_stack(cfg, depth=cfg.depth, text_prefix=True)
         self.heads = CodebookHeads(d, k, v)
 
-    def _embed_steps(self, steps: torch.Tensor) -> torch.Tensor:
-        """delayed codes [B, K, S] (blank = V) -> step inputs [B, S, D], summed over codebooks."""
+    def _embed_steps(self, steps: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """delayed codes [B, K, S] (blank = V; `keep` [B, K, S]: the frame-dropout draw, delayed
+        alike) -> step inputs [B, S, D], summed over codebooks."""
         offset = codebook_offsets(self.cfg.n_codebooks, self.cfg.codebook_size + 1, steps.device)
         emb = self.code_emb(steps + offset[None, :, None])  # [B, K, S, D]
-        return drop_codes(emb, self.cfg.code_dropout, self.training).sum(1)
+        return drop_codes(emb, self.cfg.code_dropout, self.training, keep).sum(1)
 
     def logits(self, batch: Batch) -> torch.Tensor:
         """[B, F + 1, K, V + 1], teacher-forced and frame-aligned: [b, f, k] is codebook k of
@@ -61,7 +63,10 @@ class Delay(Backend):
         blank = cfg.codebook_size
         steps = self.pattern.build(codes.masked_fill(codes < 0, blank), empty=blank)  # [B, K, S]
         prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        x = torch.cat([prefix, self._embed_steps(steps)], dim=1)
+        keep = frame_keep(codes, cfg, self.training)  # [B, K, F] or None
+        if keep is not None:
+            keep = self.pattern.build(keep, empty=True)  # [B, K, S], like the codes
+        x = torch.cat([prefix, self._embed_steps(steps, keep)], dim=1)
         real = torch.arange(f + k, device=codes.device)[None] < (lengths + k)[:, None]
         pos = sequence_positions(cfg, ph_mask, f + k)
         mask = torch.cat([valid, real[:, 1:]], dim=1)

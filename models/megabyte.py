@@ -22,6 +22,7 @@ from models.blocks import (
     attention_stack,
     codebook_offsets,
     drop_codes,
+    frame_keep,
     frame_loss,
     frame_targets,
     left_align,
@@ -54,10 +55,10 @@ class MegaByte(Backend):
     def _offset(self, device) -> torch.Tensor:
         return codebook_offsets(self.cfg.n_codebooks, self.cfg.codebook_size, device)
 
-    def _patches(self, codes: torch.Tensor) -> torch.Tensor:
-        """codes [B, K, F] -> patch embeddings [B, F, D]."""
+    def _patches(self, codes: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
+        """codes [B, K, F] (+ the frame-dropout draw `keep` [B, K, F]) -> patches [B, F, D]."""
         emb = self.patch_code_emb(codes.clamp_min(0) + self._offset(codes.device)[:, None])
-        emb = drop_codes(emb, self.cfg.code_dropout, self.training)  # [B, K, F, E]
+        emb = drop_codes(emb, self.cfg.code_dropout, self.training, keep)  # [B, K, F, E]
         return self.patch_proj(rearrange(emb, "b k f e -> b f (k e)"))
 
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -67,7 +68,8 @@ class MegaByte(Backend):
         b, k, f = codes.shape
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
         prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        x = torch.cat([prefix, self._patches(codes)], dim=1)
+        keep = frame_keep(codes, self.cfg, self.training)  # [B, K, F] or None
+        x = torch.cat([prefix, self._patches(codes, keep)], dim=1)
         mask = torch.cat([valid, code_mask], dim=1)
         pos = sequence_positions(self.cfg, ph_mask, f + 1)
         p = ids.shape[1]
@@ -75,7 +77,9 @@ class MegaByte(Backend):
         # local inputs of frame f: start, c[f, 0], ..., c[f, K - 2]
         shifted = nn.functional.pad(codes, (0, 1)).clamp_min(0)[:, : k - 1]  # [B, K - 1, F + 1]
         shifted = self.local_code_emb(shifted + self._offset(codes.device)[: k - 1, None])
-        shifted = drop_codes(shifted, self.cfg.code_dropout, self.training)
+        if keep is not None:  # the same draw: frame f's codes enter its local model too
+            keep = nn.functional.pad(keep, (0, 1), value=True)[:, : k - 1]
+        shifted = drop_codes(shifted, self.cfg.code_dropout, self.training, keep)
         start = self.local_start.expand(b, 1, f + 1, -1)
         local = torch.cat([start, shifted], dim=1) + self.to_local(g)[:, None]  # [B, K, F+1, E]
         h = self.local_stack(rearrange(local, "b k f e -> (b f) k e"))

@@ -18,6 +18,7 @@ from models.blocks import (
     attention_stack,
     codebook_offsets,
     drop_codes,
+    frame_keep,
     frame_loss,
     left_align,
     pad_phonemes,
@@ -42,12 +43,16 @@ class Valle(Backend):
         self.nar = attention_stack(cfg, depth=self.nar_depth, causal=False)
         self.nar_heads = CodebookHeads(d, k - 1, v, stop=False)  # head s - 1 for stage s
 
-    def _nar_logits(self, ids, ph_mask, codes, lengths, stage: torch.Tensor) -> torch.Tensor:
-        """Codebook `stage[b]` for every frame from codebooks < stage[b] -> logits [B, F, V]."""
+    def _nar_logits(
+        self, ids, ph_mask, codes, lengths, stage: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Codebook `stage[b]` for every frame from codebooks < stage[b] -> logits [B, F, V];
+        `keep` [B, K, F]: the frame-dropout draw (the AR's, so a dropped frame is dropped in
+        both)."""
         b, k, f = codes.shape
         offset = codebook_offsets(k, self.cfg.codebook_size, codes.device)[None, :, None]
         emb = self.nar_code_emb(codes.clamp_min(0) + offset)  # [B, K, F, D]
-        emb = drop_codes(emb, self.cfg.code_dropout, self.training)
+        emb = drop_codes(emb, self.cfg.code_dropout, self.training, keep)
         below = torch.arange(k, device=codes.device)[None] < stage[:, None]  # [B, K]
         frames = (emb * below[:, :, None, None]).sum(1) + self.stage_emb(stage)[:, None]
         code_mask = torch.arange(f, device=codes.device)[None] < lengths[:, None]
@@ -59,7 +64,9 @@ class Valle(Backend):
     def forward(self, batch: Batch) -> ForwardOutput:
         cfg, codes, lengths = self.cfg, batch.codes, batch.code_lengths
         ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
-        ar_logits = self.ar.logits(ids, ph_mask, codes[:, :1], lengths)  # [B, F+1, 1, V+1]
+        keep = frame_keep(codes, cfg, self.training)  # [B, K, F] or None
+        ar_keep = keep[:, :1] if keep is not None else None
+        ar_logits = self.ar.logits(ids, ph_mask, codes[:, :1], lengths, ar_keep)  # [B,F+1,1,V+1]
         prompt = batch.prompt_lengths
         ar_targets = self.ar.targets(codes[:, :1], lengths, prompt)
         out = frame_loss(ar_logits, ar_targets, cfg.codebook_size)
@@ -77,7 +84,7 @@ class Valle(Backend):
                     torch.full((b,), s, device=codes.device) for s in range(1, cfg.n_codebooks)
                 ]
             for stage in stages:
-                logits = self._nar_logits(ids, ph_mask, codes, lengths, stage)
+                logits = self._nar_logits(ids, ph_mask, codes, lengths, stage, keep)
                 target = codes[torch.arange(b), stage]  # [B, F], -1 padded
                 if prompt is not None:  # no loss on the acoustic prompt
                     in_prompt = torch.arange(target.shape[1], device=codes.device)[None]
@@ -100,7 +107,8 @@ class Valle(Backend):
         """[B, F + 1, K, V + 1], teacher-forced: AR for k = 0, NAR (true codebooks < k) above."""
         ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
         codes, lengths = batch.codes, batch.code_lengths
-        ar = self.ar.logits(ids, ph_mask, codes[:, :1], lengths)
+        keep = frame_keep(codes, self.cfg, self.training)  # [B, K, F] or None
+        ar = self.ar.logits(ids, ph_mask, codes[:, :1], lengths, None if keep is None else keep[:, :1])
         b, f = codes.shape[0], codes.shape[-1]
         out = torch.full(
             (b, f + 1, self.cfg.n_codebooks, self.cfg.codebook_size + 1),
@@ -110,7 +118,7 @@ class Valle(Backend):
         out[:, :, :1] = ar
         for s in range(1, self.cfg.n_codebooks):
             stage = torch.full((b,), s, device=codes.device)
-            out[:, :f, s, :-1] = self._nar_logits(ids, ph_mask, codes, lengths, stage)
+            out[:, :f, s, :-1] = self._nar_logits(ids, ph_mask, codes, lengths, stage, keep)
         return out
 
     def forward_flops(self, batch: Batch) -> int:

@@ -106,3 +106,51 @@ def replace_dropout(model, p: float):
     copy = build_backend(replace(model.cfg, code_dropout=p))
     copy.load_state_dict(model.state_dict())
     return copy
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_frame_dropout_removes_every_code_of_a_dropped_frame_wherever_it_enters(name, monkeypatch):
+    """With frame-level code dropout, a dropped frame's K codes are gone from every input that
+    carries them: changing them all moves no training-mode logit. Per-code dropout with the same
+    probability keeps some of them."""
+    torch.manual_seed(0)
+    model = build_backend(tiny(name, code_dropout=0.5, code_dropout_unit="frame")).train()
+    batch = make_batch()
+    dropped = 3
+
+    def keep_all_but_one(codes, cfg, training):
+        keep = torch.ones_like(codes, dtype=torch.bool)
+        keep[:, :, dropped] = False
+        return keep
+
+    for module in ("megabyte", "code_stream", "delay", "valle"):
+        monkeypatch.setattr(f"models.{module}.frame_keep", keep_all_but_one)
+    changed = replace(batch, codes=batch.codes.clone())
+    changed.codes[:, :, dropped] = (changed.codes[:, :, dropped] + 7) % 64
+    with torch.no_grad():
+        a, b = model.logits(batch), model.logits(changed)
+    finite = torch.isfinite(a)  # valle's codebook-1 slots of the NAR rows are -inf
+    torch.testing.assert_close(a[finite], b[finite])
+    monkeypatch.undo()
+    per_code = build_backend(replace(model.cfg, code_dropout_unit="code")).train()
+    per_code.load_state_dict(model.state_dict())
+    torch.manual_seed(0)
+    with torch.no_grad():
+        c = per_code.logits(batch)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        d = per_code.logits(changed)
+    assert not torch.allclose(c[finite], d[finite])
+
+
+@pytest.mark.parametrize("name", sorted(BACKENDS))
+def test_frame_dropout_drops_whole_frames_at_the_set_rate(name):
+    from models.blocks import frame_keep
+
+    cfg = tiny(name, code_dropout=0.3, code_dropout_unit="frame")
+    torch.manual_seed(0)
+    keep = frame_keep(torch.zeros(64, 4, 200, dtype=torch.long), cfg, training=True)
+    assert (keep == keep[:, :1]).all()  # all K codes of a frame together
+    assert abs((~keep[:, 0]).float().mean().item() - 0.3) < 0.02
+    assert frame_keep(torch.zeros(2, 4, 5), cfg, training=False) is None
+    assert frame_keep(torch.zeros(2, 4, 5), replace(cfg, code_dropout_unit="code"), True) is None

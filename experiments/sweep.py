@@ -1,0 +1,183 @@
+"""Run a declared grid of runs (a study file): backends x K x seeds x budgets x variants.
+
+    python experiments/sweep.py experiments/studies/screens.toml              # run what is left
+    python experiments/sweep.py experiments/studies/screens.toml --jobs       # one command a line
+    python experiments/sweep.py experiments/studies/screens.toml --parallel 4 # 4 at once (a GPU)
+    python experiments/sweep.py experiments/studies/screens.toml --torchrun 8 # each on 8 GPUs
+
+Every run is one `experiments/run.py` command writing
+`<out>/<study>/<variant>-k<K>-<budget>/<model>-<preset>-seed<seed>/`; a finished run (its
+test_metrics.json written) is skipped and a killed one resumes from its last checkpoint, so the
+same command continues a study. `--jobs` prints the commands for a scheduler (a Slurm array:
+docs/gpu.md). The study file (TOML):
+
+    name = "screens"
+    preset = "cpu"
+    models = ["delay", "flat", "megabyte", "valle"]
+    codebooks = [4]
+    seeds = [0]
+    budget_flops = [9e13]
+    set = ["generate.split=valid"]          # every run
+    [variants]                              # name -> overrides; each is crossed with the rest
+    code-0.5 = ["model.code_dropout=0.5"]
+"""
+
+import argparse
+import itertools
+import os
+import shlex
+import subprocess
+import sys
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+_KEYS = {"name", "preset", "models", "codebooks", "seeds", "budget_flops", "set", "variants"}
+
+
+class StudyError(ValueError):
+    """A study file that cannot be used; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Job:
+    model: str
+    k: int
+    seed: int
+    budget: float
+    variant: str
+    overrides: tuple[str, ...]
+    out: Path  # the parent of the run directory
+    preset: str
+
+    @property
+    def run_dir(self) -> Path:
+        return self.out / f"{self.model}-{self.preset}-seed{self.seed}"
+
+    @property
+    def done(self) -> bool:
+        return (self.run_dir / "test_metrics.json").is_file()
+
+    def command(self, torchrun: int = 0) -> list[str]:
+        launcher = (
+            ["torchrun", "--standalone", f"--nproc_per_node={torchrun}"]
+            if torchrun
+            else [_relative(Path(sys.executable))]
+        )
+        return [
+            *launcher,
+            "experiments/run.py",  # run from the repository root
+            f"--model={self.model}",
+            f"--preset={self.preset}",
+            f"--seed={self.seed}",
+            f"--budget-flops={self.budget:g}",
+            f"--out={_relative(self.out)}",
+            "--set",
+            f"codec.n_codebooks={self.k}",
+            *self.overrides,
+        ]
+
+
+def _relative(path: Path) -> str:
+    """path relative to the repository root when inside it (commands run from there); links
+    are kept (a venv's python is one)."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def budget_tag(flops: float) -> str:
+    """9e13 -> '9e13', 1.8e14 -> '1.8e14' (a folder name)."""
+    mantissa, exponent = f"{flops:.6e}".split("e")
+    return f"{float(mantissa):g}e{int(exponent)}"
+
+
+def _list(study: dict, key: str, kind: type, path: Path) -> list:
+    values = study.get(key)
+    if not isinstance(values, list) or not values:
+        raise StudyError(f"{path}: {key!r} must be a non-empty list")
+    for v in values:
+        ok = isinstance(v, kind) and not isinstance(v, bool)
+        if kind is float:
+            ok = isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+        if not ok:
+            raise StudyError(f"{path}: {key!r} holds {v!r}; expected {kind.__name__} values")
+    return values
+
+
+def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -> list[Job]:
+    """The study's jobs in a fixed order (variant, K, budget, seed, model)."""
+    path = Path(path)
+    try:
+        study = tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise StudyError(f"{path}: cannot read the study file ({err})") from err
+    unknown = sorted(set(study) - _KEYS)
+    if unknown:
+        raise StudyError(f"{path}: unknown keys {unknown}; valid: {sorted(_KEYS)}")
+    name = study.get("name")
+    if not isinstance(name, str) or not name or "/" in name:
+        raise StudyError(f"{path}: 'name' must be a folder name")
+    shared = study.get("set", [])
+    variants = study.get("variants", {"default": []})
+    if not isinstance(variants, dict) or not variants:
+        raise StudyError(f"{path}: [variants] must map names to lists of overrides")
+    for label, values in [("set", shared), *variants.items()]:
+        if not isinstance(values, list) or not all(isinstance(v, str) and "=" in v for v in values):
+            raise StudyError(f"{path}: {label!r} must be a list of 'section.field=value' strings")
+    preset = study.get("preset", "cpu")
+    jobs = []
+    for (variant, extra), k, budget, seed, model in itertools.product(
+        variants.items(),
+        _list(study, "codebooks", int, path),
+        _list(study, "budget_flops", float, path),
+        _list(study, "seeds", int, path),
+        _list(study, "models", str, path),
+    ):
+        folder = Path(out) / name / f"{variant}-k{k}-{budget_tag(budget)}"
+        jobs.append(
+            Job(model, k, seed, float(budget), variant, (*shared, *extra), folder, preset)
+        )
+    return jobs
+
+
+def _run(job: Job, torchrun: int) -> int:
+    print(f"sweep: start {job.run_dir}", flush=True)
+    rc = subprocess.run(job.command(torchrun), cwd=ROOT).returncode
+    print(f"sweep: {'done' if rc == 0 else f'failed (exit {rc})'} {job.run_dir}", flush=True)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("study", help="a study file (TOML), e.g. experiments/studies/screens.toml")
+    ap.add_argument("--out", default=str(ROOT / "results" / "study"), help="parent of studies")
+    ap.add_argument("--jobs", action="store_true", help="print the commands left, one a line")
+    ap.add_argument("--all", action="store_true", help="with --jobs: finished runs too")
+    ap.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    ap.add_argument("--torchrun", type=int, default=0, help="processes per run (0: plain python)")
+    args = ap.parse_args(argv)
+    if args.parallel < 1 or args.torchrun < 0:
+        ap.error("--parallel must be >= 1 and --torchrun >= 0")
+    try:
+        jobs = load_study(args.study, args.out)
+    except StudyError as err:
+        ap.exit(2, f"{ap.prog}: error: {err}\n")
+    left = [j for j in jobs if args.all or not j.done]
+    if args.jobs:
+        for job in left:
+            print(shlex.join(job.command(args.torchrun)))
+        return 0
+    print(f"sweep: {len(jobs)} runs, {len(jobs) - len(left)} finished, {len(left)} to run")
+    with ThreadPoolExecutor(args.parallel) as pool:
+        codes = list(pool.map(lambda j: _run(j, args.torchrun), left))
+    failed = sum(rc != 0 for rc in codes)
+    print(f"sweep: {len(left) - failed} finished, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
