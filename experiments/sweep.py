@@ -138,9 +138,7 @@ def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -
         _list(study, "models", str, path),
     ):
         folder = Path(out) / name / f"{variant}-k{k}-{budget_tag(budget)}"
-        jobs.append(
-            Job(model, k, seed, float(budget), variant, (*shared, *extra), folder, preset)
-        )
+        jobs.append(Job(model, k, seed, float(budget), variant, (*shared, *extra), folder, preset))
     return jobs
 
 

@@ -108,7 +108,8 @@ class Valle(Backend):
         ids, ph_mask = left_align(batch.phonemes, batch.phoneme_lengths)
         codes, lengths = batch.codes, batch.code_lengths
         keep = frame_keep(codes, self.cfg, self.training)  # [B, K, F] or None
-        ar = self.ar.logits(ids, ph_mask, codes[:, :1], lengths, None if keep is None else keep[:, :1])
+        ar_keep = keep[:, :1] if keep is not None else None
+        ar = self.ar.logits(ids, ph_mask, codes[:, :1], lengths, ar_keep)
         b, f = codes.shape[0], codes.shape[-1]
         out = torch.full(
             (b, f + 1, self.cfg.n_codebooks, self.cfg.codebook_size + 1),
