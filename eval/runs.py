@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from phonelm.audio import save_audio
 from phonelm.codecs import Codec
 from phonelm.config import DataConfig
 from phonelm.corpus import EmbeddedSettings
@@ -32,6 +33,7 @@ class Run:
     generations: list[dict]
     codes: dict[str, torch.Tensor]  # id -> [K, F]
     metrics: list[dict]  # metrics.jsonl
+    group: str = "."  # the folder of runs it belongs to, relative to the scored root
 
     @property
     def path(self) -> Path:
@@ -43,8 +45,21 @@ class Run:
 
     @property
     def name(self) -> str:
-        """The directory's name; `<name>/<condition>` for a condition other than `tts`."""
-        return self.dir.name if self.condition == TTS else f"{self.dir.name}/{self.condition}"
+        """`<group>/<directory>` (the directory alone for a run directly under the scored
+        root), then `/<condition>` for a condition other than `tts`."""
+        name = self.dir.name if self.group == "." else f"{self.group}/{self.dir.name}"
+        return name if self.condition == TTS else f"{name}/{self.condition}"
+
+    def wav(self, uid: str) -> Path:
+        """The generated audio of `uid`, decoded again from the run's codes with the run's codec
+        when the file is missing (the study commits codes, not wavs)."""
+        path = self.samples.wav(uid)
+        if not path.is_file():
+            codes = self.codes[uid]
+            codec = self.codec()
+            audio = codec.decode(codes) if codes.shape[1] else torch.zeros(0)
+            save_audio(path, audio, codec.sample_rate)
+        return path
 
     def corpus(self) -> dict:
         """utterance id -> corpus item (text, wav path) of the run's corpus."""
@@ -53,20 +68,48 @@ class Run:
         return {u.id: u for u in open_corpus(DataConfig(**data)).items}
 
     def codec(self) -> Codec:
-        return self.dir.codec()
+        if "_codec" not in self.__dict__:
+            self.__dict__["_codec"] = self.dir.codec()
+        return self.__dict__["_codec"]
+
+
+RUN_FILES = ("config.json", "env.json", "test_metrics.json", "checkpoints", "samples")
+SCORER_FOLDERS = {"references", "plots"}
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Candidate run directories under root: every folder in it except the scorer's own
-    (`references`, `plots`); those that are not complete runs are reported by load_runs."""
+    """Candidate run directories under root, at any depth (a study nests them in folders of
+    one K, budget and variant): a folder holding any file of a run is one, and is not searched
+    further; any other folder directly under root is one too, so that load_runs reports it;
+    the scorer's own folders (`references`, `plots`) are skipped."""
     root = Path(root)
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name not in {"references", "plots"})
+    found = []
+
+    def walk(folder: Path, depth: int) -> None:
+        for p in sorted(folder.iterdir()):
+            if not p.is_dir() or p.name in SCORER_FOLDERS:
+                continue
+            if any((p / f).exists() for f in RUN_FILES):
+                found.append(p)
+            elif any(c.is_dir() for c in p.iterdir()):
+                walk(p, depth + 1)
+            elif depth == 0:
+                found.append(p)
+
+    walk(root, 0)
+    return found
 
 
-def load_runs(path: str | Path) -> list[Run]:
-    """One Run per generation condition that the directory has samples of."""
+def group_of(path: Path, root: Path) -> str:
+    """The folder of a run directory relative to the scored root ('.' directly under it)."""
+    return str(Path(path).parent.relative_to(root)) or "."
+
+
+def load_runs(path: str | Path, root: str | Path | None = None) -> list[Run]:
+    """One Run per generation condition that the directory has samples of (`root`: the scored
+    folder, which names the run's group)."""
     run = RunDir(path)
     conditions = run.conditions()
     if not conditions:
@@ -77,10 +120,14 @@ def load_runs(path: str | Path) -> list[Run]:
         metrics = run.read_metrics()
     except RunDirError as err:
         raise RunError(f"{run.path}: incomplete or corrupt run directory ({err})") from err
-    return [_load_condition(run, run.samples(c), config, test_metrics, metrics) for c in conditions]
+    group = group_of(run.path, Path(root)) if root is not None else "."
+    return [
+        _load_condition(run, run.samples(c), config, test_metrics, metrics, group)
+        for c in conditions
+    ]
 
 
-def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics) -> Run:
+def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics, group) -> Run:
     needed = [run.codec_config, samples.generation, samples.codes, samples.summary]
     missing = [str(p.relative_to(run.path)) for p in needed if not p.is_file()]
     if missing:
@@ -96,4 +143,4 @@ def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics
             f"{run.path}: {samples.codes.relative_to(run.path)} and "
             f"{samples.generation.relative_to(run.path)} disagree"
         )
-    return Run(run, samples, config, test_metrics, summary, generations, codes, metrics)
+    return Run(run, samples, config, test_metrics, summary, generations, codes, metrics, group)

@@ -16,6 +16,8 @@ directories are reported and skipped.
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -23,14 +25,14 @@ import pandas as pd
 import soundfile as sf
 
 from eval.asr import Asr
-from eval.metrics import error_rates, normalize_transcript
+from eval.metrics import MCD_RATE, error_rates, mel_cepstral_distortion, normalize_transcript
 from eval.repetition import code_repetition, loop_rate, transcript_repetition
 from eval.runs import Run, RunError, find_runs, load_runs
-from eval.stats import seed_tests, utterance_tests
+from eval.stats import backend_intervals, pairwise_effects, seed_tests, utterance_tests
 from phonelm.audio import conform, load_audio, save_audio
 from phonelm.io import digest, write_json, write_text
 
-SCORE_VERSION = 2
+SCORE_VERSION = 3
 
 
 def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
@@ -39,6 +41,7 @@ def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
         "ref": ref,
         "hyp": hyp,
         "wer": rates.wer,
+        "wer_capped": min(1.0, rates.wer),
         "cer": rates.cer,
         "insertions": rates.insertions,
         "words": rates.reference_words,
@@ -49,12 +52,22 @@ def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
     }
 
 
-def _pooled(utts: list[dict]) -> dict:
+def _summary(utts: list[dict]) -> dict:
+    """The run's scores over its utterances. Headline: `wer_mean`, the mean of per-utterance
+    WER (as seed-tts-eval reports it); beside it the pooled `wer` (errors over all reference
+    words), the median, the mean with each utterance capped at 1 (a looped transcript counts
+    at most one sentence of errors), CER both ways and the mel-cepstral distortion."""
     rates = error_rates([u["ref"] for u in utts], [u["hyp"] for u in utts])
     mean = lambda key: sum(u[key] for u in utts) / len(utts)  # noqa: E731
+    mcd = [u["mcd"] for u in utts if u.get("mcd") is not None and not math.isnan(u["mcd"])]
     return {
+        "wer_mean": mean("wer"),
         "wer": rates.wer,
+        "wer_median": float(statistics.median(u["wer"] for u in utts)),
+        "wer_capped": mean("wer_capped"),
+        "cer_mean": mean("cer"),
         "cer": rates.cer,
+        "mcd": sum(mcd) / len(mcd) if mcd else math.nan,
         "substitutions": rates.substitutions,
         "deletions": rates.deletions,
         "insertions": rates.insertions,
@@ -85,8 +98,9 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
     corpus, codec = run.corpus(), run.codec()
     utts = []
     for g in run.generations:
-        wav, sr = load_audio(run.samples.wav(g["id"]))
+        wav, sr = load_audio(run.wav(g["id"]))
         hyp = asr(wav[0], sr) if g["frames"] else ""
+        true_wav = conform(*load_audio(corpus[g["id"]].wav), MCD_RATE)
         truth = sf.info(str(corpus[g["id"]].wav)).duration
         utts.append(
             _utterance_scores(
@@ -99,10 +113,11 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
                     "frames": g["frames"],
                     "duration_ratio": g["frames"] / codec.frame_rate / truth,
                     "real_time_factor": g["real_time_factor"],
+                    "mcd": mel_cepstral_distortion(conform(wav[0], sr, MCD_RATE), true_wav),
                 },
             )
         )
-    summary = _pooled(utts)
+    summary = _summary(utts)
     summary["loop_rate"] = loop_rate([u["stopped"] for u in utts])
     summary["duration_ratio"] = sum(u["duration_ratio"] for u in utts) / len(utts)
     result = {"key": key, "summary": summary, "utterances": utts}
@@ -119,6 +134,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
                 run.config["data"],
                 run.dir.read_json(run.dir.codec_config),
                 run.codec().identity(),
+                eval_split(run),
             ),
             [],
         ).append(run)
@@ -136,25 +152,29 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
         for uid in ids:
             u = corpus[uid]
             wav = conform(*load_audio(u.wav), codec.sample_rate)
+            truth = conform(wav, codec.sample_rate, MCD_RATE)
             codes = codec.encode(wav, codec.sample_rate)
             resynth = codec.decode(codes)
             save_audio(folder / "resynthesis" / f"{uid}.wav", resynth, codec.sample_rate)
             for name, audio in (("ground truth", wav), ("codec resynthesis", resynth)):
+                mcd = mel_cepstral_distortion(conform(audio, codec.sample_rate, MCD_RATE), truth)
                 rows[name].append(
                     _utterance_scores(
                         u.normalized_text,
                         asr(audio, codec.sample_rate),
                         codes.numpy(),
-                        {"id": uid, "stopped": True, "duration_ratio": 1.0},
+                        {"id": uid, "stopped": True, "duration_ratio": 1.0, "mcd": mcd},
                     )
                 )
         saved = {
             "key": key,
             "ids": ids,
+            "split": eval_split(members[0]),
+            "k": codec.n_codebooks,
             "codec": codec.settings(),
             "rows": {
                 name: {
-                    "summary": {**_pooled(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
+                    "summary": {**_summary(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
                     "utterances": utts,
                 }
                 for name, utts in rows.items()
@@ -165,6 +185,11 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
     return results
 
 
+def eval_split(run: Run) -> str:
+    """The split the run generated and measured held-out bits on (`test` before it was set)."""
+    return run.test_metrics.get("eval_split", "test")
+
+
 def run_row(run: Run, scores: dict) -> dict:
     """One table row: what the run cost (steps, codes, FLOPs, time) and how it scored."""
     test, cfg = run.test_metrics, run.config
@@ -172,10 +197,14 @@ def run_row(run: Run, scores: dict) -> dict:
     train_rates = [m["train_codes_per_s"] for m in run.metrics if "train_codes_per_s" in m]
     row = {
         "run": run.name,
+        "group": run.group,
         "model": cfg["model"]["name"],
         "condition": run.condition,
         "preset": cfg["preset"],
         "seed": cfg["seed"],
+        "k": k,
+        "split": eval_split(run),
+        "budget_flops": cfg["train"].get("budget_flops"),
         "params_M": test["params"] / 1e6,
         "non_embedding_params_M": test["params_non_embedding"] / 1e6,
         "steps": test["steps"],
@@ -212,7 +241,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs, problems = [], []
     for path in find_runs(out):
         try:
-            runs += load_runs(path)
+            runs += load_runs(path, out)
         except RunError as err:
             problems.append(str(err))
             print(f"skipped: {err}", file=sys.stderr)
@@ -225,7 +254,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     rows = [run_row(run, scores[run.name]) for run in runs]
     for ref in references.values():
         for name, block in ref["rows"].items():
-            rows.append({"run": name, "model": name, **block["summary"]})
+            where = {"k": ref.get("k"), "split": ref.get("split")}
+            rows.append({"run": name, "model": name, **where, **block["summary"]})
     table = pd.DataFrame(rows)
     asr_info = asr.describe()
     table["asr"] = f"{asr_info['engine']} {asr_info['model']} ({asr_info['weights']})"
@@ -237,6 +267,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                 "condition": run.condition,
                 "seed": run.config["seed"],
                 "run": run.name,
+                "group": run.group,
             }
             for run in runs
             for u in scores[run.name]["utterances"]
@@ -254,6 +285,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         {
             "utterances": utterance_tests(per_utt),
             "seeds": seed_tests(table[table["preset"].notna()]),  # per condition
+            "intervals": backend_intervals(per_utt),
+            "effects": pairwise_effects(per_utt),
         },
         problems,
         sentences=args.report_sentences,

@@ -5,10 +5,16 @@
   per-utterance WER for every pair of backends (the same sentences, so the pairs are matched);
   Holm's correction across the pairs of each (condition, seed).
 - `seed_tests`: per condition, with >= 3 seeds of both backends, a paired t-test on per-seed
-  mean WER (paired by seed: same data order and sentences), Holm-corrected across the pairs of
-  the condition.
-Backends are only ever compared within one condition. The seeds are the
-  independent replicates: utterance x seed values are never treated as independent.
+  mean per-utterance WER (paired by seed: same data order and sentences), Holm-corrected across
+  the pairs of the condition.
+- `backend_intervals`, `pairwise_effects`: the mean of per-utterance WER per backend and the
+  difference per pair, with 95% intervals from a hierarchical bootstrap (resample seeds, then
+  sentences within each) and, per pair, a two-sided bootstrap p, Holm-corrected. This is the
+  study's test of the architecture: the seed is the replicate.
+Everything is computed within one `group` (a folder of runs of one K, budget and variant:
+runs of different settings are never pooled) and one condition.
+The seeds are the independent replicates: utterance x seed values are never treated as
+independent.
 """
 
 import math
@@ -43,7 +49,8 @@ def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
     """per_utt: one row per (condition, model, seed, id) with `wer` -> one row per
     (condition, seed, pair)."""
     rows = []
-    for (condition, seed), group in per_utt.groupby(["condition", "seed"]):
+    per_utt = per_utt if "group" in per_utt else per_utt.assign(group=".")
+    for (where, condition, seed), group in per_utt.groupby(["group", "condition", "seed"]):
         table = group.pivot_table(index="id", columns="model", values="wer")
         block = []
         for a, b in combinations(sorted(table.columns), 2):
@@ -52,6 +59,7 @@ def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
             p = stats.wilcoxon(pair[a], pair[b]).pvalue if differs >= 5 else math.nan
             block.append(
                 {
+                    "group": where,
                     "condition": condition,
                     "seed": seed,
                     "a": a,
@@ -68,11 +76,13 @@ def utterance_tests(per_utt: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
-    """per_seed: one row per (condition, model, seed) with `metric` -> per condition, a paired
-    t-test per pair of models that share >= 3 seeds, Holm-corrected across those pairs."""
+def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer_mean") -> pd.DataFrame:
+    """per_seed: one row per (group, condition, model, seed) with `metric` (default: the mean
+    of per-utterance WER) -> per (group, condition), a paired t-test per pair of models that
+    share >= 3 seeds, Holm-corrected across those pairs."""
     rows = []
-    for condition, group in per_seed.groupby("condition"):
+    per_seed = per_seed if "group" in per_seed else per_seed.assign(group=".")
+    for (where, condition), group in per_seed.groupby(["group", "condition"]):
         table = group.pivot_table(index="seed", columns="model", values=metric)
         block = []
         for a, b in combinations(sorted(table.columns), 2):
@@ -81,6 +91,7 @@ def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
                 continue
             block.append(
                 {
+                    "group": where,
                     "condition": condition,
                     "a": a,
                     "b": b,
@@ -93,4 +104,116 @@ def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
         for row, adjusted in zip(block, holm([r["t_test_p"] for r in block]), strict=True):
             row["holm_p"] = adjusted
         rows += block
+    return pd.DataFrame(rows)
+
+
+BOOTSTRAP_DRAWS = 4000
+
+
+def _matrix(per_utt: pd.DataFrame, model: str, seeds, ids, metric: str):
+    """[seeds, sentences] values of `metric` for `model` (rows: seeds, columns: ids)."""
+    rows = per_utt[per_utt["model"] == model].pivot_table(
+        index="seed", columns="id", values=metric, aggfunc="mean"
+    )
+    return rows.loc[list(seeds), list(ids)].to_numpy(dtype=float)
+
+
+def hierarchical_bootstrap(values, *, draws: int = BOOTSTRAP_DRAWS, seed: int = 0):
+    """values [seeds, sentences] (one backend, or a paired difference of two) -> the bootstrap
+    distribution [draws] of their mean: each draw resamples the seeds (the replicates), then
+    the sentences within each drawn seed, both with replacement. With one seed it is a
+    bootstrap over sentences only (the trained model held fixed)."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    s, n = values.shape
+    rng = np.random.default_rng(seed)
+    seed_pick = rng.integers(0, s, size=(draws, s))
+    sentence_pick = rng.integers(0, n, size=(draws, s, n))
+    return values[seed_pick[:, :, None], sentence_pick].mean(axis=(1, 2))
+
+
+def interval(dist) -> tuple[float, float]:
+    """The central 95% of a bootstrap distribution."""
+    import numpy as np
+
+    low, high = np.percentile(dist, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_p(dist) -> float:
+    """Two-sided bootstrap p-value that the mean difference is 0 (the share of draws on the far
+    side of 0, doubled; at least 1 / draws)."""
+    import numpy as np
+
+    dist = np.asarray(dist)
+    tail = min((dist <= 0).mean(), (dist >= 0).mean())
+    return float(min(1.0, max(2 * tail, 1 / len(dist))))
+
+
+def backend_intervals(per_utt: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
+    """per_utt: rows (group, condition, model, seed, id, metric) -> per (group, condition,
+    model): the mean of per-utterance `metric` over seeds and sentences with its 95%
+    hierarchical-bootstrap interval."""
+    rows = []
+    for (group, condition, model), block in per_utt.groupby(["group", "condition", "model"]):
+        seeds, ids = sorted(block["seed"].unique()), sorted(block["id"].unique())
+        values = _matrix(block, model, seeds, ids, metric)
+        if pd.isna(values).any():  # a seed that generated other sentences: no matched grid
+            continue
+        low, high = interval(hierarchical_bootstrap(values))
+        rows.append(
+            {
+                "group": group,
+                "condition": condition,
+                "model": model,
+                "seeds": len(seeds),
+                "sentences": len(ids),
+                f"{metric}_mean": float(values.mean()),
+                "ci_low": low,
+                "ci_high": high,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def pairwise_effects(per_utt: pd.DataFrame, *, metric: str = "wer") -> pd.DataFrame:
+    """Per (group, condition) and pair of backends a < b: the difference of mean per-utterance
+    `metric` (a - b) over the seeds and sentences both have, its 95% interval and two-sided p
+    from the paired hierarchical bootstrap (seeds, then sentences), Holm-corrected across the
+    pairs of the (group, condition)."""
+    rows = []
+    for (group, condition), block in per_utt.groupby(["group", "condition"]):
+        block_rows = []
+        for a, b in combinations(sorted(block["model"].unique()), 2):
+            left, right = block[block["model"] == a], block[block["model"] == b]
+            seeds = sorted(set(left["seed"]) & set(right["seed"]))
+            ids = sorted(set(left["id"]) & set(right["id"]))
+            if not seeds or not ids:
+                continue
+            diff = _matrix(block, a, seeds, ids, metric) - _matrix(block, b, seeds, ids, metric)
+            if pd.isna(diff).any():
+                continue
+            dist = hierarchical_bootstrap(diff)
+            low, high = interval(dist)
+            block_rows.append(
+                {
+                    "group": group,
+                    "condition": condition,
+                    "a": a,
+                    "b": b,
+                    "seeds": len(seeds),
+                    "sentences": len(ids),
+                    "difference": float(diff.mean()),
+                    "ci_low": low,
+                    "ci_high": high,
+                    "bootstrap_p": bootstrap_p(dist),
+                }
+            )
+        for row, adjusted in zip(
+            block_rows, holm([r["bootstrap_p"] for r in block_rows]), strict=True
+        ):
+            row["holm_p"] = adjusted
+            row["holds"] = bool(adjusted < 0.05 and (row["ci_low"] > 0 or row["ci_high"] < 0))
+        rows += block_rows
     return pd.DataFrame(rows)

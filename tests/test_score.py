@@ -143,3 +143,39 @@ def check_in_browser(page: Path, *, audio: int) -> None:
         assert len(durations) == audio and all(d > 0 for d in durations), durations
     finally:
         browser.quit()
+
+
+@pytest.mark.slow
+def test_a_study_is_scored_per_folder_and_from_codes_when_wavs_are_gone(tmp_path):
+    """Runs nested in folders of other settings are scored as separate groups (never averaged
+    together); a run whose wavs were not kept (the study commits codes) is decoded again from
+    its codes and scores as it did with them; the headline WER is the mean of per-utterance
+    WERs."""
+    study = tmp_path / "study"
+    for folder, lr in (("a-k2", "1e-3"), ("b-k2", "3e-3")):
+        run(
+            ["--model", "delay", "--preset", "tiny", "--out", str(study / folder), "--steps", "2",
+             "--set", f"data.root={tmp_path / 'data'}", "generate.limit=3",
+             "generate.max_seconds=0.5", f"train.lr={lr}"]
+        )  # fmt: skip
+    first = score([str(study), "--data-root", "data"])
+    gone = study / "b-k2" / "delay-tiny-seed0" / "samples"
+    hyps = [u["hyp"] for u in json.loads((gone.parent / "scores.json").read_text())["utterances"]]
+    for wav in gone.glob("*.wav"):
+        wav.unlink()
+    again = score([str(study), "--data-root", "data", "--force"])
+    assert len(list(gone.glob("*.wav"))) == len(hyps) >= 2  # decoded again
+    redone = json.loads((gone.parent / "scores.json").read_text())["utterances"]
+    assert [u["hyp"] for u in redone] == hyps
+    runs = again[again["preset"] == "tiny"].set_index("run")
+    assert set(runs.index) == {"a-k2/delay-tiny-seed0", "b-k2/delay-tiny-seed0"}
+    assert set(runs["group"]) == {"a-k2", "b-k2"}
+    row = runs.loc["b-k2/delay-tiny-seed0"]
+    assert row["wer_mean"] == pytest.approx(sum(u["wer"] for u in redone) / len(redone))
+    assert row["wer_capped"] <= row["wer_mean"] + 1e-12 and row["mcd"] > 0
+    assert list(first["wer_mean"]) == pytest.approx(list(again["wer_mean"]))
+    summary = (study / "summary.md").read_text()
+    assert "hierarchical-bootstrap" in summary and "a-k2" in summary and "b-k2" in summary
+    refs = again[again["preset"].isna()].set_index("run")
+    assert refs.loc["ground truth", "mcd"] == pytest.approx(0.0, abs=1e-3)
+    assert refs.loc["codec resynthesis", "mcd"] > 0

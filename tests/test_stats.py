@@ -6,7 +6,17 @@ import math
 import pandas as pd
 import pytest
 
-from eval.stats import holm, mean_ci, seed_tests, utterance_tests
+from eval.stats import (
+    backend_intervals,
+    bootstrap_p,
+    hierarchical_bootstrap,
+    holm,
+    interval,
+    mean_ci,
+    pairwise_effects,
+    seed_tests,
+    utterance_tests,
+)
 
 
 def test_mean_ci_is_the_student_t_interval():
@@ -72,7 +82,7 @@ def test_seed_tests_pair_by_seed_and_need_three_seeds():
     # a second condition with 3 seeds of y and z: tested on its own
     rows += [{"model": m, "seed": s, "wer": 1.0 + s * (m == "y"), "condition": "continuation"}
              for m in ("y", "z") for s in range(3)]  # fmt: skip
-    result = seed_tests(pd.DataFrame(rows))
+    result = seed_tests(pd.DataFrame(rows), metric="wer")
     assert list(zip(result["condition"], result["a"], result["b"], strict=True)) == [
         ("continuation", "y", "z"),
         ("tts", "x", "y"),
@@ -83,3 +93,53 @@ def test_seed_tests_pair_by_seed_and_need_three_seeds():
     t = 2 * math.sqrt(3)
     assert result["t_test_p"].iloc[0] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     assert result["holm_p"].iloc[0] == pytest.approx(result["t_test_p"].iloc[0])
+
+
+def _grid(model: str, values, group: str = "g") -> list[dict]:
+    """per-utterance rows of one model from values [seeds][sentences]."""
+    return [
+        {"group": group, "condition": "tts", "model": model, "seed": s, "id": f"u{i}", "wer": v}
+        for s, row in enumerate(values)
+        for i, v in enumerate(row)
+    ]
+
+
+def test_the_bootstrap_of_a_constant_difference_is_that_difference_with_the_smallest_p():
+    dist = hierarchical_bootstrap([[0.25] * 10] * 3, draws=500)
+    assert interval(dist) == pytest.approx((0.25, 0.25))
+    assert bootstrap_p(dist) == pytest.approx(1 / 500)
+
+
+def test_the_hierarchical_interval_carries_the_seed_to_seed_spread():
+    """Two seeds that disagree completely (every sentence 0 on one, 1 on the other): resampling
+    seeds gives a wide interval (draws of 0, 0.5 and 1), where a bootstrap over the pooled
+    sentences alone would be tight around 0.5."""
+    low, high = interval(hierarchical_bootstrap([[0.0] * 40, [1.0] * 40]))
+    assert low < 0.05 and high > 0.95
+    pooled = interval(hierarchical_bootstrap([[0.0] * 40 + [1.0] * 40]))
+    assert 0.35 < pooled[0] < 0.5 < pooled[1] < 0.65
+
+
+def test_pairwise_effects_find_a_real_gap_and_call_noise_not_distinguishable():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, size=(3, 60))
+    rows = (
+        _grid("a", base + 0.2) + _grid("b", base) + _grid("c", base + rng.normal(0, 0.1, (3, 60)))
+    )
+    effects = pairwise_effects(pd.DataFrame(rows)).set_index(["a", "b"])
+    assert effects.loc[("a", "b"), "difference"] == pytest.approx(0.2)
+    assert effects.loc[("a", "b"), "holds"] and effects.loc[("a", "b"), "ci_low"] > 0
+    assert not effects.loc[("b", "c"), "holds"]
+    assert effects.loc[("b", "c"), "ci_low"] < 0 < effects.loc[("b", "c"), "ci_high"]
+    assert list(effects["holm_p"]) == pytest.approx(holm(list(effects["bootstrap_p"])))
+
+
+def test_groups_are_never_pooled():
+    rows = _grid("a", [[1.0] * 5], group="k2") + _grid("a", [[0.0] * 5], group="k4")
+    rows += _grid("b", [[0.5] * 5], group="k2") + _grid("b", [[0.5] * 5], group="k4")
+    table = backend_intervals(pd.DataFrame(rows)).set_index(["group", "model"])
+    assert table.loc[("k2", "a"), "wer_mean"] == 1.0 and table.loc[("k4", "a"), "wer_mean"] == 0.0
+    effects = pairwise_effects(pd.DataFrame(rows)).set_index("group")
+    assert effects.loc["k2", "difference"] == 0.5 and effects.loc["k4", "difference"] == -0.5
