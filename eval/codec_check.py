@@ -61,9 +61,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
     data = DataConfig(corpus=args.corpus, root=args.root)
     corpus = open_corpus(data)
-    items = [u for u in corpus.items if split_for(data, u.normalized_text) == args.split][
-        : args.limit
-    ]
+    items = [u for u in corpus.items if split_for(data, corpus, u) == args.split][: args.limit]
     if not items:
         sys.exit(f"no utterances in split {args.split!r} of {corpus.root}")
     asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.root) / "asr")

@@ -31,6 +31,7 @@ from eval.runs import Run, RunError, find_runs, load_runs
 from eval.stats import backend_intervals, pairwise_effects, seed_tests, utterance_tests
 from phonelm.audio import conform, load_audio, save_audio
 from phonelm.io import digest, write_json, write_text
+from phonelm.run_dir import NOVEL
 
 SCORE_VERSION = 3
 
@@ -134,7 +135,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
                 run.config["data"],
                 run.dir.read_json(run.dir.codec_config),
                 run.codec().identity(),
-                eval_split(run),
+                generated_split(run),
             ),
             [],
         ).append(run)
@@ -169,7 +170,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
         saved = {
             "key": key,
             "ids": ids,
-            "split": eval_split(members[0]),
+            "split": generated_split(members[0]),
             "k": codec.n_codebooks,
             "codec": codec.settings(),
             "rows": {
@@ -186,8 +187,13 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
 
 
 def eval_split(run: Run) -> str:
-    """The split the run generated and measured held-out bits on (`test` before it was set)."""
+    """The split the run measured held-out bits on (`test` before it was recorded)."""
     return run.test_metrics.get("eval_split", "test")
+
+
+def generated_split(run: Run) -> str:
+    """The split of the sentences a Run (one condition) generated."""
+    return NOVEL if run.condition == NOVEL else eval_split(run)
 
 
 def run_row(run: Run, scores: dict) -> dict:
@@ -203,7 +209,7 @@ def run_row(run: Run, scores: dict) -> dict:
         "preset": cfg["preset"],
         "seed": cfg["seed"],
         "k": k,
-        "split": eval_split(run),
+        "split": generated_split(run),
         "budget_flops": cfg["train"].get("budget_flops"),
         "params_M": test["params"] / 1e6,
         "non_embedding_params_M": test["params_non_embedding"] / 1e6,

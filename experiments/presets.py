@@ -248,7 +248,9 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
             preset=name,
             seed=seed,
             data=DataConfig(
-                embedded=EmbeddedSettings(n_sentences=48), fit_seconds=60, max_seconds=6.0
+                embedded=EmbeddedSettings(n_sentences=48, n_novel=4),
+                fit_seconds=60,
+                max_seconds=6.0,
             ),
             codec=replace(_CODECS[name]),
             model=model_cfg,
@@ -267,7 +269,8 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
         return RunConfig(
             preset=name,
             seed=seed,
-            data=DataConfig(),
+            # 100 sentences of words held out of train, valid and test: the `novel` condition
+            data=DataConfig(embedded=EmbeddedSettings(n_novel=100)),
             codec=replace(_CODECS[name]),
             model=model_cfg,
             train=TrainConfig(

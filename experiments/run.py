@@ -34,7 +34,7 @@ from phonelm.audio import save_audio
 from phonelm.codecs import CodecError
 from phonelm.corpus import CorpusError
 from phonelm.dataset import CodeDataset, OtherText, prepare
-from phonelm.run_dir import TTS, RunDir, RunDirError, atomic_save
+from phonelm.run_dir import CONTINUATION, NOVEL, RunDir, RunDirError, atomic_save
 from phonelm.sampling import utterance_seed
 from phonelm.text import Phonemizer, TextError
 
@@ -136,11 +136,21 @@ def text_reliance(own: dict, other_text: dict) -> dict:
     }
 
 
-def check_generation(cfg: RunConfig, frame_rate: float) -> None:
+def check_generation(cfg: RunConfig, prepared) -> None:
+    frame_rate = prepared.codec.frame_rate
     if int(cfg.generate.max_seconds * frame_rate) < 1:
         raise ConfigError(
             f"generate.max_seconds={cfg.generate.max_seconds} allows no frame at "
             f"{frame_rate:g} frames/s: expected at least {1 / frame_rate:.3g} s"
+        )
+    counts = prepared.manifest.get("utterances", {})
+    needed = {cfg.generate.split} | ({NOVEL} if NOVEL in cfg.generate.conditions else set())
+    empty = sorted(s for s in needed if not counts.get(s))
+    if empty:
+        raise ConfigError(
+            f"the corpus has no {' or '.join(map(repr, empty))} utterances to generate "
+            f"(splits: {counts}); the `novel` split needs an embedded corpus with "
+            "data.embedded.n_novel > 0 or a splits.csv naming it"
         )
 
 
@@ -172,14 +182,16 @@ def continuation_prompts(ds: CodeDataset, ids: list[str], max_frames: int) -> di
 @torch.no_grad()
 def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, condition: str) -> dict:
     """Generate the split's sentences under one condition (`tts`: from the text alone;
-    `continuation`: after another utterance's codes, given its text + the sentence): wavs of
-    the generated part, codes and one JSON line per utterance."""
+    `continuation`: after another utterance's codes, given its text + the sentence; `novel`:
+    the `novel` split's sentences, of words held out of training, from the text alone): wavs
+    of the generated part, codes and one JSON line per utterance."""
     from phonelm.dataset import open_corpus
 
     gen, samples = cfg.generate, run.samples(condition)
     # the settings these samples depend on (those of runs made before conditions existed, for
     # tts): adding a condition, or another prompt length, leaves the tts samples as they are
-    skip = {"conditions"} | ({"prompt_seconds"} if condition == TTS else set())
+    skip = {"conditions"} | ({"prompt_seconds"} if condition != CONTINUATION else set())
+    skip |= {"split"} if condition == NOVEL else set()
     settings = {k: v for k, v in json.loads(json.dumps(dataclasses.asdict(gen))).items()
                 if k not in skip}  # fmt: skip
     if samples.generation.is_file() and samples.summary.is_file():
@@ -191,13 +203,13 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, conditi
             return summary
     if samples.dir.is_dir():
         shutil.rmtree(samples.dir)  # made with other generation settings
-    ds = CodeDataset(prepared.cache_dir, gen.split)
+    ds = CodeDataset(prepared.cache_dir, NOVEL if condition == NOVEL else gen.split)
     texts = {u.id: u for u in open_corpus(cfg.data).items}
     ids = ds.ids[: gen.limit]
     phonemizer, codec = Phonemizer(), prepared.codec
     rate = codec.frame_rate
     prompts = {}
-    if condition != TTS:
+    if condition == CONTINUATION:
         prompts = {
             u: ds[i]
             for u, i in continuation_prompts(ds, ids, int(gen.prompt_seconds * rate)).items()
@@ -283,7 +295,7 @@ def run_one(args, model_name: str) -> dict:
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
     rate = prepared.codec.frame_rate
     cfg = resolve(cfg, prepared)
-    check_generation(cfg, rate)
+    check_generation(cfg, prepared)
     resolved = check_config(run, cfg)
     model = build_backend(cfg.model)
     params, non_embedding = model.num_params(), model.num_params(non_embedding=True)

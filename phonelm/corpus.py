@@ -4,12 +4,14 @@
 - `download_ljspeech(dest)`: the canonical LJSpeech-1.1 archive, checksum-verified.
 - `build_embedded(root)`: the offline default, generated here from text with eSpeak NG.
 - `split_of(text)`: deterministic, text-disjoint train/valid/test assignment.
+- `splits.csv` (optional, `id|split` lines): splits fixed by the corpus, e.g. the embedded
+  corpus's `novel` split (sentences of words never heard in train, valid or test).
 """
 
 import hashlib
 import re
 import tarfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
@@ -20,7 +22,9 @@ from phonelm.io import digest, write_json, write_text
 LJSPEECH_URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
 LJSPEECH_SHA256 = "be1a30453f28eb8dd26af4101ae40cbf2c50413b1bb21936cbcdc6fae3de8aa5"
 EMBEDDED_VERSION = 1
-SPLITS = ("train", "valid", "test")
+# `novel`: the generalisation control, only ever fixed by a corpus's splits.csv
+SPLITS = ("train", "valid", "test", "novel")
+SPLITS_FILE = "splits.csv"
 
 
 class CorpusError(ValueError):
@@ -40,10 +44,18 @@ class Corpus:
     root: Path
     items: list[Utterance]
     skipped: list[dict]  # {"id", "reason"} for items that cannot be used
+    fixed_splits: dict[str, str] = field(default_factory=dict)  # id -> split (splits.csv)
+
+    def split(self, u: Utterance, *, valid: float, test: float) -> str:
+        """The utterance's split: fixed by the corpus, else from a hash of its text."""
+        return self.fixed_splits.get(u.id) or split_of(u.normalized_text, valid=valid, test=test)
 
     def fingerprint(self) -> str:
-        """Changes when the metadata or any wav file (name, size, mtime) changes."""
+        """Changes when the metadata, the fixed splits or any wav file (name, size, mtime)
+        changes."""
         h = hashlib.sha256((self.root / "metadata.csv").read_bytes())
+        if self.fixed_splits:
+            h.update((self.root / SPLITS_FILE).read_bytes())
         for u in self.items:
             st = u.wav.stat()
             h.update(f"{u.id}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -83,7 +95,25 @@ def read_ljspeech(root: str | Path) -> Corpus:
         items.append(Utterance(uid, text, norm or text, wav))
     if not items:
         raise CorpusError(f"{meta}: no usable utterances ({len(skipped)} skipped)")
-    return Corpus(root, items, skipped)
+    return Corpus(root, items, skipped, _read_splits(root / SPLITS_FILE, seen))
+
+
+def _read_splits(path: Path, ids: set[str]) -> dict[str, str]:
+    """splits.csv (`id|split` lines) -> {id: split}; {} when there is none."""
+    if not path.is_file():
+        return {}
+    fixed = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = [f.strip() for f in line.split("|")]
+        if len(fields) != 2 or fields[1] not in SPLITS or fields[0] not in ids:
+            raise CorpusError(
+                f"{path}:{lineno}: expected 'id|split' with an id of metadata.csv and a split "
+                f"in {list(SPLITS)}, got {line!r}"
+            )
+        fixed[fields[0]] = fields[1]
+    return fixed
 
 
 def download_ljspeech(dest: str | Path) -> Path:
@@ -103,16 +133,19 @@ def download_ljspeech(dest: str | Path) -> Path:
     return root
 
 
-@dataclass(frozen=True)
+@dataclass
 class EmbeddedSettings:
     n_sentences: int = 3000
+    # the `novel` split: sentences of held-out words (phonelm/sentences.py); 0 (none) is what
+    # corpora made before it had, so their saved configs name the same corpus
+    n_novel: int = 0
     seed: int = 0
     voice: str = "en-us"  # most intelligible of the voices tried (README)
     rate: int = 150  # words per minute
     sample_rate: int = 24_000
 
 
-def build_embedded(parent: str | Path, settings: EmbeddedSettings = EmbeddedSettings()) -> Corpus:
+def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None) -> Corpus:
     """Generate (once) the embedded corpus in the LJSpeech layout under parent/<settings id>/.
 
     The folder is named by a hash of the settings, so other settings never reuse its audio.
@@ -120,23 +153,32 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings = EmbeddedSett
     The synthesiser reads the normalised text, so the audio says exactly what the phonemes say.
     """
     from phonelm.espeak import synthesize
-    from phonelm.sentences import sentences
+    from phonelm.sentences import novel_sentences, sentences
     from phonelm.text import normalize
 
+    settings = settings or EmbeddedSettings()
     stamp = {"version": EMBEDDED_VERSION, **asdict(settings)}
     root = Path(parent) / f"embedded-{digest(stamp)}"
     if (root / "corpus.json").is_file() and (root / "metadata.csv").is_file():
         return read_ljspeech(root)
-    lines = []
-    texts = sentences(settings.n_sentences, seed=settings.seed)
-    for i, text in enumerate(tqdm(texts, desc="embedded corpus", unit="utt")):
-        uid = f"EMB{settings.seed:02d}-{i:05d}"
+    lines, novel = [], []
+    texts = [
+        (f"EMB{settings.seed:02d}-{i:05d}", text)
+        for i, text in enumerate(sentences(settings.n_sentences, seed=settings.seed))
+    ]
+    if settings.n_novel:  # spoken after the others, so their audio is as without them
+        novel = [
+            (f"EMB{settings.seed:02d}-N{i:04d}", text)
+            for i, text in enumerate(novel_sentences(settings.n_novel, seed=settings.seed))
+        ]
+    for uid, text in tqdm(texts + novel, desc="embedded corpus", unit="utt"):
         norm = normalize(text)
         wav_path = root / "wavs" / f"{uid}.wav"
         if not wav_path.is_file():
             wav, sr = synthesize(norm, voice=settings.voice, rate=settings.rate)
             save_audio(wav_path, conform(wav, sr, settings.sample_rate), settings.sample_rate)
         lines.append(f"{uid}|{text}|{norm}")
+    write_text(root / SPLITS_FILE, "".join(f"{uid}|novel\n" for uid, _ in novel))
     write_text(root / "metadata.csv", "\n".join(lines) + "\n")
     write_json(root / "corpus.json", {"settings": stamp})
     return read_ljspeech(root)

@@ -20,12 +20,12 @@ from phonelm.audio import conform, load_audio
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig, DataConfig
 from phonelm.corpus import (
+    SPLITS,
     Corpus,
     CorpusError,
     build_embedded,
     download_ljspeech,
     read_ljspeech,
-    split_of,
 )
 from phonelm.io import digest, write_json, write_with
 from phonelm.text import Phonemizer, TextError
@@ -42,9 +42,9 @@ def open_corpus(cfg: DataConfig) -> Corpus:
     return read_ljspeech(cfg.corpus)
 
 
-def split_for(cfg: DataConfig, text: str) -> str:
-    """The split of an utterance under this config's fractions."""
-    return split_of(text, valid=cfg.valid_fraction, test=cfg.test_fraction)
+def split_for(cfg: DataConfig, corpus: Corpus, u) -> str:
+    """The split of an utterance of `corpus` under this config's fractions."""
+    return corpus.split(u, valid=cfg.valid_fraction, test=cfg.test_fraction)
 
 
 def readable_audio(path: Path, codec: Codec) -> torch.Tensor:
@@ -70,7 +70,7 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Cod
     codec = build_codec(codec_cfg)
     if not codec.needs_fit:
         return codec
-    train = [u for u in corpus.items if split_for(cfg, u.normalized_text) == "train"]
+    train = [u for u in corpus.items if split_for(cfg, corpus, u) == "train"]
     path = (
         Path(cfg.root)
         / "codecs"
@@ -131,11 +131,11 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
     for index, shard in enumerate(shards):
         path = cache_dir / f"shard-{index:05d}.safetensors"
         if not path.is_file():
-            _write_shard(path, shard, cfg, codec, phonemizer)
+            _write_shard(path, shard, [split_for(cfg, corpus, u) for u in shard], codec, phonemizer)
         bar.update(len(shard))
     bar.close()
     metas = [_shard_meta(cache_dir / f"shard-{i:05d}.safetensors") for i in range(len(shards))]
-    seconds = {s: 0.0 for s in ("train", "valid", "test")}
+    seconds = {s: 0.0 for s in SPLITS}
     counts = dict.fromkeys(seconds, 0)
     for meta in metas:
         for split, sec in zip(meta["splits"], meta["seconds"], strict=True):
@@ -160,9 +160,9 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
     return Prepared(cache_dir, codec, manifest)
 
 
-def _write_shard(path: Path, shard, cfg: DataConfig, codec: Codec, phonemizer: Phonemizer):
+def _write_shard(path: Path, shard, shard_splits, codec: Codec, phonemizer: Phonemizer):
     ids, splits, seconds, skipped, phonemes, codes = [], [], [], [], [], []
-    for u in shard:
+    for u, split in zip(shard, shard_splits, strict=True):
         try:
             ph = phonemizer(u.normalized_text).ids
             wav, sr = readable_audio(u.wav, codec), codec.sample_rate
@@ -171,7 +171,7 @@ def _write_shard(path: Path, shard, cfg: DataConfig, codec: Codec, phonemizer: P
             skipped.append({"id": u.id, "reason": str(err)})
             continue
         ids.append(u.id)
-        splits.append(split_for(cfg, u.normalized_text))
+        splits.append(split)
         seconds.append(wav.shape[-1] / sr)
         phonemes.append(torch.tensor(ph, dtype=torch.int16))
         codes.append(c.to(torch.int16))

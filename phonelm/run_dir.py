@@ -59,7 +59,9 @@ def atomic_save(path: Path, writer) -> None:
 
 
 TTS = "tts"  # the generation condition of text alone; `continuation` adds an acoustic prompt
-CONDITIONS = (TTS, "continuation")
+CONTINUATION = "continuation"
+NOVEL = "novel"  # text alone, on the `novel` split: sentences of words never heard in training
+CONDITIONS = (TTS, CONTINUATION, NOVEL)
 
 
 @dataclass(frozen=True)

@@ -151,3 +151,66 @@ def sentences(n: int, *, seed: int = 0, min_words: int = 4, max_words: int = 28)
     if len(seen) < n:
         raise ValueError(f"the grammar yields only {len(seen)} distinct sentences, asked for {n}")
     return list(seen)
+
+
+# The generalisation control (the `novel` split): content words that the grammar above never
+# uses, so no sentence of train, valid or test contains them. A model that reads phonemes can
+# say them; one that memorised the sound of each training word cannot.
+_NOVEL_NAMES = (
+    "Beatrice Conrad Dorothy Edgar Felix Gloria Harold Ingrid Julius Kevin Leonard Miriam "
+    "Norman Phoebe Rupert Sylvia Theodore Ursula Walter Yvonne"
+).split()
+_NOVEL_NOUNS = (
+    "pencil blanket carriage cottage feather lantern meadow orchard parcel pebble saddle "
+    "shovel tunnel violin wagon chimney ladder puppet compass trumpet"
+).split()
+_NOVEL_ADJECTIVES = (
+    "purple wooden shiny dusty fragile hollow muddy rusty crooked sleepy tiny fierce humble "
+    "eager sturdy"
+).split()
+_NOVEL_VERBS = (  # (past, base)
+    "polished/polish wrapped/wrap dropped/drop grabbed/grab buried/bury dragged/drag "
+    "fetched/fetch kicked/kick tossed/toss weighed/weigh"
+).split()
+_NOVEL_INTRANSITIVE = "giggled trembled yawned wandered frowned shivered sneezed sighed".split()
+# the only other words of a novel sentence: articles, prepositions and the like
+NOVEL_FUNCTION_WORDS = frozenset(
+    "the a an that this every our some two three did said near behind under beside inside".split()
+)
+
+
+def _novel_np(r: random.Random, dets=("the", "a", "that", "this", "every", "our")) -> str:
+    det = r.choice(dets)
+    adj = r.choice(_NOVEL_ADJECTIVES)
+    if det == "a" and adj[0] in "aeiou":
+        det = "an"
+    return f"{det} {adj} {r.choice(_NOVEL_NOUNS)}"
+
+
+def novel_sentence(r: random.Random) -> str:
+    past, base = r.choice(_NOVEL_VERBS).split("/")
+    place = f"{r.choice(['near', 'behind', 'under', 'beside', 'inside'])} {_novel_np(r)}"
+    kind = r.randrange(4)
+    if kind == 0:
+        return f"{r.choice(_NOVEL_NAMES)} {past} {_novel_np(r)}."
+    if kind == 1:
+        np = _novel_np(r)
+        return f"{np[0].upper()}{np[1:]} {r.choice(_NOVEL_INTRANSITIVE)} {place}."
+    if kind == 2:
+        return f"Did {r.choice(_NOVEL_NAMES)} {base} {_novel_np(r)} {place}?"
+    np = _novel_np(r, ("the", "a", "every", "our"))
+    return f"{r.choice(_NOVEL_NAMES)} said that {np} {r.choice(_NOVEL_INTRANSITIVE)}."
+
+
+def novel_sentences(n: int, *, seed: int = 0) -> list[str]:
+    """n distinct sentences whose content words never occur in `sentences` (the same for the
+    same seed)."""
+    r = random.Random(seed)
+    seen: dict[str, None] = {}
+    for _ in range(50 * n):
+        if len(seen) == n:
+            break
+        seen.setdefault(novel_sentence(r))
+    if len(seen) < n:
+        raise ValueError(f"the novel grammar yields only {len(seen)} sentences, asked for {n}")
+    return list(seen)

@@ -107,3 +107,62 @@ def test_ljspeech_download_reuses_an_unpacked_copy(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     assert download_ljspeech(tmp_path) == root
+
+
+def _words(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"[a-z']+", text.lower()))
+
+
+def test_novel_sentences_use_no_content_word_of_the_corpus_grammar():
+    from phonelm.sentences import NOVEL_FUNCTION_WORDS, novel_sentences
+
+    heard = set().union(*map(_words, sentences(3000)))
+    novel = novel_sentences(100)
+    assert novel == novel_sentences(100) and len(set(novel)) == 100
+    content = set().union(*map(_words, novel)) - NOVEL_FUNCTION_WORDS
+    assert len(content) > 50 and not content & heard
+    assert NOVEL_FUNCTION_WORDS <= heard  # only articles and prepositions are shared
+
+
+def test_the_embedded_novel_split_is_fixed_by_the_corpus_and_leaves_the_rest_as_it_was(tmp_path):
+    import hashlib
+
+    from phonelm.dataset import split_for
+
+    import subprocess
+    import sys
+
+    # each built in a fresh process: eSpeak's voice carries state from one call to the next
+    for folder, novel in (("a", 0), ("b", 3)):
+        code = (
+            "from phonelm.corpus import EmbeddedSettings, build_embedded; "
+            f"build_embedded({str(tmp_path / folder)!r}, EmbeddedSettings(n_sentences=6, "
+            f"n_novel={novel}))"
+        )
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    plain = build_embedded(tmp_path / "a", EmbeddedSettings(n_sentences=6))
+    with_novel = build_embedded(tmp_path / "b", EmbeddedSettings(n_sentences=6, n_novel=3))
+    assert len(with_novel.items) == 9 and plain.fixed_splits == {}
+    novel = [u for u in with_novel.items if with_novel.fixed_splits.get(u.id) == "novel"]
+    assert [u.id for u in novel] == ["EMB00-N0000", "EMB00-N0001", "EMB00-N0002"]
+    from phonelm.config import DataConfig
+
+    assert all(split_for(DataConfig(), with_novel, u) == "novel" for u in novel)
+    digest = lambda u: hashlib.sha256(u.wav.read_bytes()).hexdigest()  # noqa: E731
+    # spoken after the others: the other utterances' audio is bitwise what it was without them
+    assert [digest(u) for u in plain.items] == [digest(u) for u in with_novel.items[:6]]
+    assert read_ljspeech(with_novel.root).fixed_splits == with_novel.fixed_splits
+
+
+def test_a_bad_splits_file_names_its_line(ljspeech_fixture):
+    (ljspeech_fixture / "splits.csv").write_text("T-000|novel\nT-001|holdout\n")
+    with pytest.raises(CorpusError, match=r"splits.csv:2: expected 'id\|split'"):
+        read_ljspeech(ljspeech_fixture)
+    (ljspeech_fixture / "splits.csv").write_text("T-000|novel\n")
+    corpus = read_ljspeech(ljspeech_fixture)
+    assert corpus.fixed_splits == {"T-000": "novel"}
+    before = corpus.fingerprint()
+    (ljspeech_fixture / "splits.csv").write_text("T-001|novel\n")
+    assert read_ljspeech(ljspeech_fixture).fingerprint() != before

@@ -355,3 +355,25 @@ def test_a_flops_budget_ends_training_and_only_training_counts(tmp_path, data_ro
         "valid_loss" in json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()
     )
     assert evaluations == result["steps"] >= 2 and result["train_seconds"] < evaluations * 1.0
+
+
+def test_the_novel_condition_generates_the_held_out_words_split(tmp_path, data_root, capsys):
+    """`novel` generates the sentences of words never heard in training (the tiny preset's
+    corpus has 4), beside `tts` on the generated split; a corpus without them is refused
+    before anything is written."""
+    args = tiny_args("delay", tmp_path, data_root, 'generate.conditions=["tts","novel"]')
+    [result] = run(args)
+    run_dir = tmp_path / "delay-tiny-seed0"
+    novel = [json.loads(x) for x in (run_dir / "samples-novel" / "generation.jsonl").open()]
+    assert [g["id"] for g in novel] == ["EMB00-N0000", "EMB00-N0001"]  # generate.limit=2
+    tts = [json.loads(x) for x in (run_dir / "samples" / "generation.jsonl").open()]
+    assert not {g["id"] for g in tts} & {g["id"] for g in novel}
+    assert set(result["generation"]) == {"tts", "novel"}
+    with pytest.raises(SystemExit) as exit_info:
+        run(
+            tiny_args("delay", tmp_path / "none", data_root, 'generate.conditions=["novel"]',
+                      "data.embedded.n_novel=0")
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "no 'novel' utterances" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
