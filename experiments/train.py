@@ -12,7 +12,7 @@ models/flops.py from every real batch, summed over processes), whichever comes f
 learning-rate schedule ends there too. `max_minutes` is a safety cap on training time, not the
 matching rule. Time and FLOPs count only training steps (data loading, forward, backward,
 optimiser): evaluation, checkpoints and logging count against nothing. Every log line and the
-summary carry steps, codes seen (K x real frames), FLOPs, training wall time and process CPU time.
+summary carry steps, codes seen (the code targets trained on), FLOPs, training wall time and process CPU time.
 """
 
 import math
@@ -221,12 +221,15 @@ def loader_for(
 
 def loader_over(ds, cfg: TrainConfig, *, shuffle: bool, micro_batch: int | None = None):
     """(sampler, loader) of a loaded split (anything with items and `frame_lengths`), in
-    length buckets."""
+    length buckets. A training loader (`shuffle`) gives every process the same number of
+    batches (repeating a few: DDP steps together); an evaluation loader covers each utterance
+    exactly once across the processes (their sums are all-reduced)."""
     sampler = LengthBucketSampler(
         ds.frame_lengths,
         batch_size=micro_batch or cfg.micro_batch_size,
         shuffle=shuffle,
         seed=cfg.seed,
+        even=shuffle,
     )
     # the loader's own generator: starting an iterator never draws from torch's global RNG, so
     # a resumed run's random streams match an uninterrupted one
@@ -373,11 +376,13 @@ class Trainer:
         for micro in range(self.accum):
             batch = self._maybe_prompted(next(batches), micro).to(self.device)
             flops += train_step_flops(self.model, batch)
-            codes += batch.codes.shape[1] * int(batch.code_lengths.sum())  # K x real frames
             sync = micro == self.accum - 1 or self.world == 1
             with nullcontext() if sync else self.ddp.no_sync(), self.autocast:
                 out = self.ddp(batch)
                 (out.loss / self.accum).backward()
+            # the code targets the loss trained on: K x real frames, but for VALL-E codebook 1
+            # and one NAR stage (2 x frames), and never an acoustic prompt
+            codes += int(out.count.sum())
             loss_sum += out.loss.detach() / self.accum
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()

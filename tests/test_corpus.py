@@ -128,11 +128,10 @@ def test_novel_sentences_use_no_content_word_of_the_corpus_grammar():
 
 def test_the_embedded_novel_split_is_fixed_by_the_corpus_and_leaves_the_rest_as_it_was(tmp_path):
     import hashlib
-
-    from phonelm.dataset import split_for
-
     import subprocess
     import sys
+
+    from phonelm.dataset import split_for
 
     # each built in a fresh process: eSpeak's voice carries state from one call to the next
     for folder, novel in (("a", 0), ("b", 3)):

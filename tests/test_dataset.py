@@ -178,3 +178,29 @@ def test_empty_and_too_short_audio_is_skipped_and_named(ljspeech_fixture, tmp_pa
     assert set(reasons) == {"T-002", "T-003"}, reasons
     assert "T-003.wav" in reasons["T-003"] and "too short" in reasons["T-003"]
     assert "T-002.wav" in reasons["T-002"]
+
+
+def test_evaluation_loaders_cover_each_utterance_once_across_processes(monkeypatch):
+    """Under torchrun, a training loader pads every process to the same number of batches
+    (DDP steps together); an evaluation loader must not repeat any utterance, or the summed
+    NLL counts it twice (158 evaluated of 150 before this was fixed)."""
+    import torch.distributed
+
+    from experiments.train import TrainConfig, loader_over
+
+    class Split:
+        frame_lengths = list(range(1, 151))
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    cfg = TrainConfig(micro_batch_size=8)
+    for shuffle, covered in ((False, 150), (True, 152)):
+        seen = []
+        for rank in range(4):
+            monkeypatch.setattr(torch.distributed, "get_rank", lambda rank=rank: rank)
+            sampler, _ = loader_over(Split(), cfg, shuffle=shuffle)
+            seen += [i for batch in sampler for i in batch]
+        assert len(seen) >= covered and set(seen) == set(range(150))
+        if not shuffle:
+            assert len(seen) == 150
