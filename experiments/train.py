@@ -12,7 +12,8 @@ models/flops.py from every real batch, summed over processes), whichever comes f
 learning-rate schedule ends there too. `max_minutes` is a safety cap on training time, not the
 matching rule. Time and FLOPs count only training steps (data loading, forward, backward,
 optimiser): evaluation, checkpoints and logging count against nothing. Every log line and the
-summary carry steps, codes seen (the code targets trained on), FLOPs, training wall time and process CPU time.
+summary carry steps, codes seen (the code targets trained on), FLOPs, training wall time and
+process CPU time.
 """
 
 import math
