@@ -121,7 +121,7 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
     summary = _summary(utts)
     summary["loop_rate"] = loop_rate([u["stopped"] for u in utts])
     summary["duration_ratio"] = sum(u["duration_ratio"] for u in utts) / len(utts)
-    result = {"key": key, "summary": summary, "utterances": utts}
+    result = {"key": key, "asr": asr.describe(), "summary": summary, "utterances": utts}
     write_json(cache, result)
     return result
 
@@ -169,6 +169,7 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
                 )
         saved = {
             "key": key,
+            "asr": asr.describe(),
             "ids": ids,
             "split": generated_split(members[0]),
             "k": codec.n_codebooks,

@@ -15,7 +15,7 @@ Within a preset, backends are matched:
 - in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
 K is stated once per preset, on the codec; the model takes the codec's K.
 
-The `cpu` preset's shared recipe (README, "What made it speak"): K = 2 (the mel-rvq codec's first
+The `cpu` preset's shared recipe (docs/recipe.md): K = 2 (the mel-rvq codec's first
 two levels), aligned rotary positions (models/positions.py; the stride is measured on the
 training split) and input-code dropout 0.5 (models/blocks.py `drop_codes`), the same for every
 backend. `paper` keeps sequence positions and no code dropout until the recipe is screened on
@@ -69,8 +69,8 @@ class RunConfig:
 
 
 # Training compute of every backend at the `cpu` preset: ~30 minutes of the slowest backend in
-# FLOPs per second on 2 CPU cores (measured by bench/run.py; see the README). The budget at
-# which the shared recipe was confirmed (README, "What made it speak": 4 backends x 2 seeds).
+# FLOPs per second on 2 CPU cores (measured by bench/run.py; docs/speed.md). The budget at
+# which the shared recipe was confirmed (docs/recipe.md: 4 backends x 2 seeds).
 CPU_BUDGET_FLOPS = 1.8e14
 
 # Per preset: the shared model shape with the reference backend's depth; every other backend's
@@ -85,7 +85,7 @@ _MODELS = {
         local_dim=128,
         local_depth=2,
         depth=4,
-        positions="aligned",  # the recipe that made it speak: see the README
+        positions="aligned",  # the recipe that made it speak: docs/recipe.md
         code_dropout=0.5,
     ),
     "paper": ModelConfig(
@@ -96,7 +96,7 @@ _MODELS = {
 _CODECS = {
     "tiny": CodecConfig(name="mel-rvq", n_codebooks=2),
     # the first two levels of the mel-rvq fit: half the frame's codes, so ~2.5x the steps per
-    # FLOP for flat; the recipe was confirmed at K = 2 (README, "What made it speak")
+    # FLOP for flat; the recipe was confirmed at K = 2 (docs/recipe.md)
     "cpu": CodecConfig(name="mel-rvq", n_codebooks=2),
     "paper": CodecConfig(name="encodec", weights="pretrained", bandwidth=6.0),
 }

@@ -140,7 +140,7 @@ class EmbeddedSettings:
     # corpora made before it had, so their saved configs name the same corpus
     n_novel: int = 0
     seed: int = 0
-    voice: str = "en-us"  # most intelligible of the voices tried (README)
+    voice: str = "en-us"  # most intelligible of the voices tried (docs/data.md)
     rate: int = 150  # words per minute
     sample_rate: int = 24_000
 

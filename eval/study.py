@@ -1,0 +1,201 @@
+"""Publish the study from its committed files: tables, findings and a plot, no ASR or audio.
+
+    python eval/score.py results/study/screens     # score (ASR; per-utterance caches)
+    python eval/study.py results/study --readme README.md
+
+Reads every scored run under the root (`scores.json` per run, `references/*/scores.json` per
+scored folder; eval/score.py writes both, and they are committed with the runs), and writes
+`<root>/RESULTS.md`; with --readme, it replaces the README's
+section between `<!-- study:begin -->` and `<!-- study:end -->` with the same tables, so the
+README's numbers are never typed (tests/test_study.py checks they match the committed files).
+
+A folder of runs (a *group*) is `<study>/<variant>-k<K>-<budget>`: one setting. Backends are
+compared within a group only. Screens (split `valid`) choose each backend's recipe; only the
+confirmatory studies score `test` (and `novel`, the sentences of held-out words).
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from eval.runs import RunError, find_runs, load_runs
+from eval.score import run_row
+from eval.stats import backend_intervals, pairwise_effects
+from phonelm.io import write_text
+
+BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
+TABLE_COLUMNS = {  # column -> heading
+    "model": "backend",
+    "seeds": "seeds",
+    "wer": "WER (mean per utt., 95% CI)",
+    "wer_pooled": "pooled WER",
+    "cer_mean": "CER",
+    "mcd": "MCD dB",
+    "bits_per_code": "bits/code",
+    "text_reliance_bits": "text reliance",
+    "loop_rate": "loops",
+    "steps": "steps",
+    "codes_seen": "codes seen",
+    "train_codes_per_s": "train codes/s",
+    "gen_rtf": "gen RTF",
+}
+
+
+class StudyError(ValueError):
+    """Study files that cannot be published; the message names them."""
+
+
+def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per scored run and reference row, one row per scored utterance) from the
+    committed files under root."""
+    root = Path(root)
+    rows, utterances, asrs = [], [], set()
+    for path in find_runs(root):
+        try:
+            runs = load_runs(path, root)
+        except RunError:
+            continue  # a run in flight or damaged: not part of the published study
+        for run in runs:
+            try:
+                scores = json.loads(run.samples.scores.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # not scored yet
+            asrs.add(json.dumps(scores.get("asr"), sort_keys=True))
+            rows.append(run_row(run, scores))
+            utterances += [
+                {**u, "group": run.group, "model": rows[-1]["model"], "seed": rows[-1]["seed"],
+                 "condition": run.condition}
+                for u in scores["utterances"]
+            ]  # fmt: skip
+    for ref_file in sorted(root.glob("**/references/*/scores.json")):
+        saved = json.loads(ref_file.read_text())
+        asrs.add(json.dumps(saved.get("asr"), sort_keys=True))
+        where = str(ref_file.parent.parent.parent.relative_to(root))
+        for name, block in saved["rows"].items():
+            rows.append(
+                {"run": name, "model": name, "scored_in": where, "k": saved.get("k"),
+                 "split": saved.get("split"), **block["summary"]}
+            )  # fmt: skip
+    if len(asrs) > 1:
+        raise StudyError(f"{root}: runs scored with different ASRs {sorted(asrs)}: rescore")
+    return pd.DataFrame(rows), pd.DataFrame(utterances)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -> str:
+    """One group's table: per backend (mean over seeds) and the reference rows."""
+    intervals = backend_intervals(per_utt).set_index("model")
+    lines = ["| " + " | ".join(TABLE_COLUMNS.values()) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    for model, block in runs.groupby("model"):
+        ci = intervals.loc[model]
+        cells = {
+            "model": model,
+            "seeds": str(len(block)),
+            "wer": f"**{ci['wer_mean']:.3f}** [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]",
+            "wer_pooled": _fmt(block["wer"].mean()),
+            "codes_seen": f"{block['codes_seen'].mean() / 1e6:.1f} M",
+            "steps": f"{block['steps'].mean():.0f}",
+            "train_codes_per_s": f"{block['train_codes_per_s'].mean():.0f}",
+            "gen_rtf": _fmt(block["gen_rtf"].mean(), 2),
+        }
+        for col in ("cer_mean", "mcd", "bits_per_code", "text_reliance_bits", "loop_rate"):
+            cells[col] = _fmt(block[col].mean())
+        lines.append("| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |")
+    for _, ref in refs.iterrows():
+        cells = {c: "" for c in TABLE_COLUMNS}
+        cells.update(model=f"*{ref['model']}*", wer=f"{ref['wer_mean']:.3f}",
+                     wer_pooled=_fmt(ref["wer"]), cer_mean=_fmt(ref["cer_mean"]),
+                     mcd=_fmt(ref["mcd"]))  # fmt: skip
+        lines.append("| " + " | ".join(cells[c] for c in TABLE_COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def findings(effects: pd.DataFrame) -> list[str]:
+    """One line per pair: the difference with its interval, and whether it holds."""
+    out = []
+    for _, e in effects.iterrows():
+        better, worse = (e["a"], e["b"]) if e["difference"] < 0 else (e["b"], e["a"])
+        stats = (
+            f"difference {e['difference']:+.3f} [{e['ci_low']:+.3f}, {e['ci_high']:+.3f}], "
+            f"Holm p = {e['holm_p']:.3g}, {e['seeds']} seed(s) x {e['sentences']} sentences"
+        )
+        verdict = f"**{better} < {worse}**" if e["holds"] else "not distinguishable"
+        out.append(f"- {e['a']} - {e['b']}: {verdict} ({stats})")
+    return out
+
+
+def render(root: str | Path) -> str:
+    """The study's markdown: per group its table and its pairwise findings."""
+    table, per_utt = collect(root)
+    if table.empty or "group" not in table or table["group"].isna().all():
+        return "No study runs are scored yet."
+    runs = table[table["group"].notna() & (table["condition"] == "tts")]
+    refs = table[table["group"].isna()]
+    md = [
+        "WER is Whisper tiny.en's (temperature fallback), the mean of per-utterance WER with a "
+        "95% hierarchical-bootstrap interval over seeds, then sentences; MCD is the DTW-aligned "
+        "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "
+        'same split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
+    ]
+    for group, block in runs.groupby("group"):
+        first = block.iloc[0]
+        budget = first["budget_flops"]
+        split = first["split"]
+        md += [
+            f"\n#### `{group}`: K = {int(first['k'])}, {budget:.2g} FLOPs, split `{split}`\n",
+            group_table(
+                block,
+                per_utt[(per_utt["group"] == group) & (per_utt["condition"] == "tts")],
+                refs[
+                    (refs["k"] == first["k"])
+                    & (refs["split"] == split)
+                    & (refs["scored_in"] == group.split("/")[0])
+                ],
+            ),  # fmt: skip
+            "",
+        ]
+        effects = pairwise_effects(
+            per_utt[(per_utt["group"] == group) & (per_utt["condition"] == "tts")]
+        )
+        md += findings(effects)
+    return "\n".join(md) + "\n"
+
+
+def replace_section(readme: str, section: str) -> str:
+    if BEGIN not in readme or END not in readme:
+        raise StudyError(f"the README has no {BEGIN} ... {END} section")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{section}{END}{tail}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("root", nargs="?", default="results/study")
+    ap.add_argument("--readme", default=None, help="a README whose study section to rewrite")
+    args = ap.parse_args(argv)
+    try:
+        section = render(args.root)
+        write_text(Path(args.root) / "RESULTS.md", "# The study\n\n" + section)
+        if args.readme:
+            readme = Path(args.readme)
+            write_text(readme, replace_section(readme.read_text(), section))
+    except StudyError as err:
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""The study is published from committed files: tables, findings, the README's section."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from eval.score import main as score
+from eval.study import BEGIN, END, StudyError, render, replace_section
+from eval.study import main as publish
+from experiments.run import main as run
+from experiments.sweep import load_study
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_shows_what_the_committed_study_files_give():
+    """The README's results are generated, never typed: its study section is exactly what
+    eval/study.py renders from results/study/ (rerun it with --readme after scoring)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section.strip() == render(ROOT / "results" / "study").strip()
+
+
+def test_every_study_file_in_the_repo_loads():
+    for path in sorted((ROOT / "experiments" / "studies").glob("*.toml")):
+        jobs = load_study(path, "/tmp/unused")
+        assert jobs and len({j.run_dir for j in jobs}) == len(jobs), path
+
+
+def test_a_section_is_replaced_between_its_markers_only():
+    text = f"head\n{BEGIN}\nold\n{END}\ntail\n"
+    assert replace_section(text, "new\n") == f"head\n{BEGIN}\nnew\n{END}\ntail\n"
+    with pytest.raises(StudyError, match="section"):
+        replace_section("no markers", "new\n")
+
+
+@pytest.mark.slow
+def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
+    study = tmp_path / "study" / "demo"
+    for model in ("delay", "valle"):
+        run(
+            ["--model", model, "--preset", "tiny", "--out", str(study / "plain-k2-1e9"),
+             "--steps", "2", "--set", f"data.root={tmp_path / 'data'}", "generate.limit=3",
+             "generate.max_seconds=0.5", "generate.split=valid"]
+        )  # fmt: skip
+    score([str(study), "--data-root", "data"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# demo\n{BEGIN}\n(typed by hand)\n{END}\nafter\n")
+    publish([str(tmp_path / "study"), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "(typed by hand)" not in text and text.endswith(f"{END}\nafter\n")
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert section.strip() == render(tmp_path / "study").strip()
+    assert "`demo/plain-k2-1e9`: K = 2" in section and "split `valid`" in section
+    for name in ("| delay |", "| valle |", "*ground truth*", "*codec resynthesis*"):
+        assert name in section
+    assert "delay - valle:" in section  # the pair's finding, with its interval
+    assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
+    scores = json.loads((study / "plain-k2-1e9" / "delay-tiny-seed0" / "scores.json").read_text())
+    assert scores["asr"]["model"] == "tiny.en"
