@@ -24,7 +24,8 @@ LJSpeech.
 
 import functools
 import itertools
-from dataclasses import asdict, dataclass, field, replace
+import math
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 
 import torch
 
@@ -39,6 +40,7 @@ from phonelm.corpus import SPLITS, EmbeddedSettings
 from phonelm.dataset import CodeDataset
 from phonelm.run_dir import CONDITIONS, TTS
 from phonelm.sampling import GroupSampling, Sampling
+from phonelm.text import VOCAB
 
 
 @dataclass
@@ -181,9 +183,27 @@ _CHECKS = [
 ]  # fmt: skip
 
 
+SEED_RANGE = range(0, 2**32)  # what numpy's and torch's generators take
+
+
+def _fields(node, prefix: str = ""):
+    """(dotted key, value) of every setting of a nested config."""
+    for f in fields(node):
+        value = getattr(node, f.name)
+        if is_dataclass(value):
+            yield from _fields(value, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", value
+
+
 def check(cfg: RunConfig) -> None:
     """Every setting a run uses, checked before anything is built or written: ConfigError
     naming the first bad one and what was expected."""
+    for key, value in _fields(cfg):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}={value!r}: expected a finite number")
+        if key.endswith("seed") and (isinstance(value, bool) or value not in SEED_RANGE):
+            raise ConfigError(f"{key}={value!r}: expected an integer seed in [0, 2**32)")
     for key, ok, expected in _CHECKS:
         value = cfg
         for part in key.split("."):
@@ -195,6 +215,22 @@ def check(cfg: RunConfig) -> None:
             GroupSampling(**asdict(getattr(cfg.generate.sampling, group)))
         except ValueError as err:
             raise ConfigError(f"generate.sampling.{group}: {err}") from err
+
+
+def _check_sizes(cfg: RunConfig, codec) -> None:
+    """Settings that are facts of the codec and the phoneme vocabulary: any other value is an
+    error before anything is written (it would fail at the first step, or silently drop
+    codes)."""
+    if cfg.model.codebook_size != codec.codebook_size:
+        raise ConfigError(
+            f"model.codebook_size={cfg.model.codebook_size} differs from the codec's "
+            f"{codec.codebook_size} codes per codebook (codec {codec.name}): leave it unset"
+        )
+    if cfg.model.n_phonemes != len(VOCAB):
+        raise ConfigError(
+            f"model.n_phonemes={cfg.model.n_phonemes} differs from the phoneme vocabulary's "
+            f"{len(VOCAB)} symbols (phonelm/text.py): leave it unset"
+        )
 
 
 def _resolve_codebooks(cfg: RunConfig, codec_k: int) -> RunConfig:
@@ -213,12 +249,18 @@ def _resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
     (after the length filters), stored in the resolved config."""
     if cfg.model.positions != "aligned" or cfg.model.phoneme_stride is not None:
         return cfg
-    train = CodeDataset(
-        prepared.cache_dir,
-        "train",
-        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
-        max_phonemes=cfg.data.max_phonemes,
-    )
+    try:
+        train = CodeDataset(
+            prepared.cache_dir,
+            "train",
+            max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
+            max_phonemes=cfg.data.max_phonemes,
+        )
+    except ValueError as err:  # every utterance filtered out: name the settings
+        raise ConfigError(
+            f"data.max_seconds={cfg.data.max_seconds} and data.max_phonemes="
+            f"{cfg.data.max_phonemes} leave no training utterance ({err})"
+        ) from err
     stride = round(train.frames_per_phoneme, 4)
     return replace(cfg, model=replace(cfg.model, phoneme_stride=stride))
 
@@ -226,6 +268,7 @@ def _resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
 def resolve(cfg: RunConfig, prepared) -> RunConfig:
     """The settings a run takes from its prepared data (phonelm.dataset.Prepared): K from the
     codec, and the phoneme stride of aligned positions from the training split."""
+    _check_sizes(cfg, prepared.codec)
     return _resolve_stride(_resolve_codebooks(cfg, prepared.codec.n_codebooks), prepared)
 
 

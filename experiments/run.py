@@ -12,6 +12,7 @@ test_metrics.json. Re-running the same command resumes it.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import platform
@@ -293,10 +294,17 @@ def run_one(args, model_name: str) -> dict:
     dist.barrier()
     if not dist.is_main():
         prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
-    rate = prepared.codec.frame_rate
     cfg = resolve(cfg, prepared)
     check_generation(cfg, prepared)
     resolved = check_config(run, cfg)
+    with run.lock() if dist.is_main() else contextlib.nullcontext():  # one process per run
+        return train_and_generate(cfg, run, prepared, resolved)
+
+
+def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) -> dict:
+    """Build the model and trainer (a setting they cannot use is a ConfigError, before the run
+    directory is written), train, evaluate the best checkpoint and generate."""
+    model_name, rate = cfg.model.name, prepared.codec.frame_rate
     model = build_backend(cfg.model)
     params, non_embedding = model.num_params(), model.num_params(non_embedding=True)
     try:
@@ -343,7 +351,7 @@ def run_one(args, model_name: str) -> dict:
         "frame_rate": rate,
         **summary,
     }
-    best = run.load_checkpoint("best", trainer.device)
+    best = run.load_checkpoint("best")
     model.load_state_dict(best["model"])
     result["test"] = evaluate(model, test_loader, trainer.device)  # collective: every rank
     if other_text_loader is not None:

@@ -136,12 +136,14 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore rng_state()'s streams, wherever the saved tensors were loaded (torch's CPU
+    generator takes only a CPU ByteTensor)."""
+    torch.set_rng_state(state["torch"].cpu())
     random.setstate(state["python"])
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 @torch.no_grad()
@@ -248,6 +250,10 @@ class Interrupted(SystemExit):
     """Training stopped by SIGINT / SIGTERM after writing a checkpoint (exit 128 + signal)."""
 
 
+class NonFiniteLoss(SystemExit):
+    """The training loss became NaN or infinite: stopped at once, nothing written (exit 1)."""
+
+
 class Trainer:
     def __init__(
         self,
@@ -283,7 +289,7 @@ class Trainer:
         # totals over all processes, training steps only
         self.counts = {"codes_seen": 0, "flops": 0.0, "train_seconds": 0.0, "cpu_seconds": 0.0}
         self.signal: int | None = None
-        state = self.run.load_checkpoint("last", self.device)
+        state = self.run.load_checkpoint("last")
         if state is not None:
             self._resume(state)
         if dist.is_main():  # log lines past the checkpoint were trained again: drop them
@@ -335,11 +341,15 @@ class Trainer:
                     writer.add_scalar(f"{key}/{i}", v, record["step"])
 
     def _checkpoint(self, *, best: bool) -> None:
+        """best.pt before last.pt: last.pt records the best validation loss so far, so a kill
+        or a full disk between the two writes leaves last.pt at the step before, whose rerun
+        evaluates (bitwise) the same improvement and writes best.pt again; last.pt can never
+        name a best that best.pt does not hold."""
         if dist.is_main():
             state = self._state()
-            self.run.save_checkpoint("last", state)
             if best:
                 self.run.save_checkpoint("best", state)
+            self.run.save_checkpoint("last", state)
         dist.barrier()
 
     def _out_of_budget(self) -> str | None:
@@ -433,6 +443,20 @@ class Trainer:
             )
         raise Interrupted(128 + int(self.signal))
 
+    def _stop_non_finite(self, loss: float) -> None:
+        """One line naming the step and the last good checkpoint; every rank sees the same
+        (all-reduced) loss, so every rank stops."""
+        last = self.run.checkpoint("last")
+        where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
+        if dist.is_main():
+            print(
+                f"error: training loss is {loss} at step {self.step} ({where}); lower train.lr "
+                f"or check the data, and train in another --out than {self.run.path}",
+                file=sys.stderr,
+                flush=True,
+            )
+        raise NonFiniteLoss(1)
+
     def fit(self) -> dict:
         """Train to the end of the budget. SIGINT / SIGTERM end the current step, write a
         checkpoint and exit (Interrupted); the same command resumes."""
@@ -461,6 +485,9 @@ class Trainer:
         window = {"codes": 0.0, "wall": 0.0}
         while (stopped_by := self._out_of_budget()) is None:
             step = self._train_step(batches)
+            if not math.isfinite(step["loss"]):
+                bar.close()
+                self._stop_non_finite(step["loss"])
             window = {key: window[key] + step[key] for key in window}
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == 1:

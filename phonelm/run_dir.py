@@ -20,7 +20,9 @@ checkpoint is read back and checked before it replaces the previous one, which i
 the damaged file. Readers treat every file as untrusted: a bad one is a `RunDirError` naming it.
 """
 
+import contextlib
 import errno
+import fcntl
 import json
 import sys
 from dataclasses import dataclass
@@ -112,6 +114,38 @@ class RunDir:
         """The generation conditions whose samples this run has."""
         return [c for c in CONDITIONS if self.samples(c).generation.is_file()]
 
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run directory for this process: a second process on the same directory
+        (the same command started twice) is refused with a RunDirError instead of both
+        writing into it. A directory that holds nothing else when released is removed (a
+        start that failed its checks leaves nothing behind)."""
+        path = self.path / ".lock"
+        made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # to tidy up
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            handle = path.open("a")
+        except OSError as err:  # --out names a file, or a read-only place
+            raise RunDirError(f"cannot write the run directory {self.path} ({err})") from err
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise RunDirError(
+                f"{self.path} is in use by another process (the same run started twice?): "
+                "wait for it to end, or use another --out"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+            if [p.name for p in self.path.iterdir()] == [".lock"]:
+                path.unlink()
+                for folder in made:  # innermost first: the folders this lock made, if empty
+                    if folder.is_dir() and not any(folder.iterdir()):
+                        folder.rmdir()
+
     def checkpoint(self, name: str) -> Path:
         return self.checkpoints / f"{name}.pt"
 
@@ -170,16 +204,18 @@ class RunDir:
         new.replace(path)
         return path
 
-    def load_checkpoint(self, name: str = "last", device="cpu") -> dict | None:
-        """The newest intact of `name`, `name.prev` (and `best` for `last`); None if there is
-        none at all. Damaged files are named on stderr and skipped."""
+    def load_checkpoint(self, name: str = "last") -> dict | None:
+        """The newest intact of `name`, `name.prev` (and `best` for `last`), its tensors on the
+        CPU (load_state_dict moves weights and optimizer state to their device; the RNG states
+        must stay CPU ByteTensors); None if there is none at all. Damaged files are named on
+        stderr and skipped."""
         candidates = [name, f"{name}.prev"] + (["best"] if name == "last" else [])
         for candidate in candidates:
             path = self.checkpoint(candidate)
             if not path.is_file():
                 continue
             try:
-                return torch.load(path, map_location=device, weights_only=True)
+                return torch.load(path, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - a damaged file: try the next one
                 print(f"warning: checkpoint {path} is damaged ({err}); trying an older one",
                       file=sys.stderr)  # fmt: skip

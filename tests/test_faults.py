@@ -1,0 +1,136 @@
+"""Fault cases, round two (issue 25): a bad setting fails before anything is written, a
+non-finite loss stops a run, one process per run directory, and a kill between the two
+checkpoint writes never changes a result."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+import experiments.train as train_module
+from experiments.run import main as run
+from phonelm.run_dir import RunDir
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory) -> Path:
+    """The tiny preset's corpus, codec and cache, built once (so the tests' stderr holds only
+    what the run says)."""
+    from experiments.presets import preset
+    from phonelm.dataset import prepare
+
+    root = tmp_path_factory.mktemp("data")
+    cfg = preset("tiny", "delay")
+    cfg.data.root = str(root)
+    prepare(cfg.data, cfg.codec, progress=False)
+    return root
+
+
+def tiny(out: Path, data_root: Path, *extra: str, model: str = "delay") -> list[str]:
+    return ["--model", model, "--preset", "tiny", "--out", str(out), "--steps", "6", "--set",
+            f"data.root={data_root}", "generate.limit=2", "generate.max_seconds=1.0",
+            "train.eval_every=3", *extra]  # fmt: skip
+
+
+BAD = [  # (extra arguments, what the one line must say)
+    (["train.lr=Infinity"], "train.lr=inf: expected a finite number"),
+    (["train.lr=NaN"], "train.lr=nan: expected a finite number"),
+    (["data.max_seconds=1e999"], "data.max_seconds=inf: expected a finite number"),
+    (["generate.max_seconds=Infinity"], "generate.max_seconds=inf"),
+    (["generate.frames_per_phoneme=Infinity"], "generate.frames_per_phoneme=inf"),
+    (["generate.split=bogus"], "generate.split='bogus': expected one of"),
+    (["model.codebook_size=16"], "model.codebook_size=16 differs from the codec's 1024"),
+    (["model.n_phonemes=5"], "model.n_phonemes=5 differs from the phoneme vocabulary"),
+    (["data.max_phonemes=1"], "the train split is empty after the length filters"),
+    (["data.max_phonemes=1", "model.positions=aligned"], "leave no training utterance"),
+    (["train.seed=-1"], "train.seed=-1: expected an integer seed"),
+    (["generate.sampling.seed=4294967296"], "generate.sampling.seed=4294967296"),
+]
+
+
+@pytest.mark.parametrize("extra, message", BAD, ids=[" ".join(b[0]) for b in BAD])
+def test_a_bad_setting_is_one_line_and_writes_nothing(extra, message, tmp_path, data_root, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(tmp_path / "out", data_root, *extra))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_seed_flag_is_refused_and_the_corrected_command_works(tmp_path, data_root, capsys):
+    out = tmp_path / "out"
+    for seed in ("-1", "4294967296"):
+        with pytest.raises(SystemExit) as exit_info:
+            run([*tiny(out, data_root), "--seed", seed])
+        assert exit_info.value.code == 2 and "expected an integer seed" in capsys.readouterr().err
+    assert not out.exists()
+    with pytest.raises(SystemExit):
+        run(tiny(out, data_root, "model.codebook_size=16"))
+    [result] = run(tiny(out, data_root))  # the corrected command, in the same --out
+    assert result["steps"] == 6 and (out / "delay-tiny-seed0" / "test_metrics.json").is_file()
+
+
+def test_a_non_finite_loss_stops_at_once_naming_the_step(tmp_path, data_root, capsys, monkeypatch):
+    real_step = train_module.Trainer._train_step
+
+    def nan_at_step_5(self, batches):
+        out = real_step(self, batches)
+        return {**out, "loss": float("nan")} if self.step == 5 else out
+
+    monkeypatch.setattr(train_module.Trainer, "_train_step", nan_at_step_5)
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(tmp_path, data_root))
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    run_dir = tmp_path / "delay-tiny-seed0"
+    assert (
+        "training loss is nan at step 5" in err and str(run_dir / "checkpoints" / "last.pt") in err
+    )
+    assert RunDir(run_dir).load_checkpoint("last")["step"] == 3  # nothing written after it
+    assert not (run_dir / "test_metrics.json").exists()
+
+
+def test_a_second_process_on_a_run_directory_is_refused(tmp_path, data_root, capsys):
+    run_dir = RunDir(tmp_path / "delay-tiny-seed0")
+    with run_dir.lock():
+        with pytest.raises(SystemExit) as exit_info:
+            run(tiny(tmp_path, data_root))
+    assert exit_info.value.code == 1
+    assert "is in use by another process" in capsys.readouterr().err
+    [result] = run(tiny(tmp_path, data_root))  # released: the run goes ahead
+    assert result["steps"] == 6
+    assert not run_dir.path.joinpath("config.json").read_text() == ""
+
+
+def test_out_naming_a_file_is_one_line(tmp_path, data_root, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(tmp_path / "file", data_root))
+    assert exit_info.value.code == 1
+    assert "cannot write the run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("when", ["best", "last"])
+def test_a_kill_between_the_checkpoint_writes_leaves_the_result_unchanged(
+    when, tmp_path, data_root, monkeypatch
+):
+    """Killed while writing the final best.pt, or the final last.pt after it, then the same
+    command: the same best step and bitwise the same held-out bits as an uninterrupted run."""
+    [straight] = run(tiny(tmp_path / "a", data_root))
+    real_save = RunDir.save_checkpoint
+
+    def killed(self, name, state):
+        if name == when and state["step"] == 6:
+            raise KeyboardInterrupt  # as a SIGKILL would, mid-write: nothing replaced
+        return real_save(self, name, state)
+
+    monkeypatch.setattr(RunDir, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny(tmp_path / "b", data_root))
+    monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
+    [again] = run(tiny(tmp_path / "b", data_root))
+    assert again["best_step"] == straight["best_step"]
+    assert again["test"]["bits_per_code"] == straight["test"]["bits_per_code"]
+    metrics = json.loads((tmp_path / "b" / "delay-tiny-seed0" / "test_metrics.json").read_text())
+    assert metrics["best_step"] == straight["best_step"]
