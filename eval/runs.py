@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from phonelm.audio import save_audio
@@ -136,7 +137,8 @@ def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics
         summary = run.read_json(samples.summary)
         generations = [json.loads(x) for x in samples.generation.read_text().splitlines()]
         codes = {k: v.long() for k, v in load_file(str(samples.codes)).items()}
-    except (json.JSONDecodeError, OSError, RuntimeError, ValueError, RunDirError) as err:
+    except (json.JSONDecodeError, OSError, RuntimeError, ValueError, RunDirError,
+            SafetensorError) as err:  # fmt: skip
         raise RunError(f"{run.path}: corrupt run directory ({err})") from err
     if {g["id"] for g in generations} != set(codes):
         raise RunError(

@@ -24,14 +24,15 @@ from pathlib import Path
 import pandas as pd
 import soundfile as sf
 
-from eval.asr import Asr
+from eval.asr import Asr, AsrError
 from eval.metrics import MCD_RATE, error_rates, mel_cepstral_distortion, normalize_transcript
 from eval.repetition import code_repetition, loop_rate, transcript_repetition
 from eval.runs import Run, RunError, find_runs, load_runs
 from eval.stats import backend_intervals, pairwise_effects, seed_tests, utterance_tests
 from phonelm.audio import conform, load_audio, save_audio
+from phonelm.codecs import CodecError
 from phonelm.io import digest, write_json, write_text
-from phonelm.run_dir import NOVEL
+from phonelm.run_dir import NOVEL, RunDirError
 
 SCORE_VERSION = 3
 
@@ -254,9 +255,22 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             print(f"skipped: {err}", file=sys.stderr)
     if not runs:
         sys.exit(f"no complete run directories under {out} ({len(problems)} skipped)")
-    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.data_root) / "asr")
+    try:
+        asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.data_root) / "asr")
+    except AsrError as err:  # weights that cannot be had: one line, how to get them
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
     key = digest(SCORE_VERSION, asr.describe())
-    scores = {run.name: score_run(run, asr, key, args.force) for run in runs}
+    scores, damaged = {}, []
+    for run in runs:
+        try:
+            scores[run.name] = score_run(run, asr, key, args.force)
+        except (RunError, RunDirError, CodecError) as err:  # this run only: score the rest
+            problems.append(f"{run.path}: {err}")
+            print(f"skipped: {run.path}: {err}", file=sys.stderr)
+            damaged.append(run)
+    runs = [run for run in runs if run not in damaged]
+    if not runs:
+        sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")
     references = score_references(runs, asr, key, out, args.force)
     rows = [run_row(run, scores[run.name]) for run in runs]
     for ref in references.values():

@@ -83,6 +83,8 @@ def run_config(args, model: str) -> RunConfig:
         "max_minutes": args.max_minutes,
     }
     extra = [f"train.{key}={value}" for key, value in flags.items() if value is not None]
+    if args.corpus is not None:
+        extra.append(f"data.corpus={args.corpus}")
     return apply(cfg, extra + list(args.set))
 
 
@@ -383,6 +385,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--max-minutes", type=float, default=None, help="safety cap on training minutes"
     )
     ap.add_argument("--out", default="results", help="parent of the run directories")
+    ap.add_argument(
+        "--corpus",
+        default=None,
+        help="an LJSpeech-layout folder (e.g. /data/LJSpeech-1.1), 'embedded' or 'ljspeech' "
+        "(download); the preset's corpus by default",
+    )
     ap.add_argument(
         "--set",
         nargs="*",

@@ -412,7 +412,7 @@ class Trainer:
         if signalled and self.signal is None:
             self.signal = signal.SIGTERM  # another rank's
         return {"loss": loss / self.world, "lr": lr, "grad_norm": float(grad_norm), "codes": codes,
-                "wall": wall / self.world}  # fmt: skip
+                "wall": wall / self.world, "flops": flops}  # fmt: skip
 
     def _record(self) -> dict:
         """The counts every log line carries (time: mean per process; the rest: totals)."""
@@ -442,6 +442,22 @@ class Trainer:
                 flush=True,
             )
         raise Interrupted(128 + int(self.signal))
+
+    def _progress(self) -> tqdm:
+        """The training bar, counting toward the limit that ends the run: the FLOPs budget (in
+        TFLOPs, so its ETA is real) when there is one, else the step cap."""
+        shown = dist.is_main()
+        if self.cfg.budget_flops is None:
+            return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step",
+                        disable=not shown)  # fmt: skip
+        return tqdm(
+            total=round(self.cfg.budget_flops / 1e12, 2),
+            initial=round(self.counts["flops"] / 1e12, 2),
+            desc="train (TFLOPs of the budget)",
+            unit="TFLOP",
+            bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}{postfix}]",
+            disable=not shown,
+        )
 
     def _stop_non_finite(self, loss: float) -> None:
         """One line naming the step and the last good checkpoint; every rank sees the same
@@ -481,7 +497,7 @@ class Trainer:
         cfg = self.cfg
         batches = self._batches()
         self.model.train()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not dist.is_main())
+        bar = self._progress()
         window = {"codes": 0.0, "wall": 0.0}
         while (stopped_by := self._out_of_budget()) is None:
             step = self._train_step(batches)
@@ -489,7 +505,7 @@ class Trainer:
                 bar.close()
                 self._stop_non_finite(step["loss"])
             window = {key: window[key] + step[key] for key in window}
-            bar.update(1)
+            bar.update(step["flops"] / 1e12 if cfg.budget_flops is not None else 1)
             if self.step % cfg.log_every == 0 or self.step == 1:
                 record = {
                     **self._record(),
@@ -499,7 +515,7 @@ class Trainer:
                     "train_codes_per_s": window["codes"] / max(window["wall"], 1e-9),
                 }
                 self._log(record, writer)
-                bar.set_postfix(loss=f"{step['loss']:.3f}")
+                bar.set_postfix(step=self.step, loss=f"{step['loss']:.3f}")
                 window = {"codes": 0.0, "wall": 0.0}
             if self.signal is not None:  # after this step's log line, before any evaluation
                 bar.close()

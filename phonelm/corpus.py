@@ -127,7 +127,13 @@ def download_ljspeech(dest: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "LJSpeech-1.1.tar.bz2"
     if not archive.is_file():
-        download_url_to_file(LJSPEECH_URL, str(archive), hash_prefix=LJSPEECH_SHA256)
+        try:
+            download_url_to_file(LJSPEECH_URL, str(archive), hash_prefix=LJSPEECH_SHA256)
+        except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash RuntimeError
+            raise CorpusError(
+                f"could not download LJSpeech-1.1 into {dest} ({err}); download and unpack it "
+                "yourself, then pass --corpus /path/to/LJSpeech-1.1 (or data.corpus=...)"
+            ) from err
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     return root

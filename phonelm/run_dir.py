@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig
@@ -151,12 +152,16 @@ class RunDir:
 
     # -- JSON -------------------------------------------------------------------------------
     def read_json(self, path: Path) -> dict:
+        """A JSON object from one of the run's files; RunDirError naming it otherwise."""
         try:
-            return json.loads(path.read_text())
+            value = json.loads(path.read_text())
         except FileNotFoundError as err:
             raise RunDirError(f"{path} is missing") from err
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise RunDirError(f"{path} is not valid JSON ({err})") from err
+        if not isinstance(value, dict):
+            raise RunDirError(f"{path} holds a JSON {type(value).__name__}, expected an object")
+        return value
 
     def write_json(self, path: Path, obj) -> None:
         text = json.dumps(obj, indent=2, sort_keys=True) + "\n"
@@ -227,7 +232,16 @@ class RunDir:
         codec.save(self.codec_state)
 
     def codec(self) -> Codec:
-        codec = build_codec(CodecConfig(**self.read_json(self.codec_config)))
+        """The run's codec, rebuilt from codec.json (+ codec.safetensors for a fitted one);
+        RunDirError naming the file when either is damaged."""
+        saved = self.read_json(self.codec_config)
+        try:
+            codec = build_codec(CodecConfig(**saved))
+        except TypeError as err:  # keys this version does not know
+            raise RunDirError(f"{self.codec_config}: not a codec config ({err})") from err
         if codec.needs_fit:
-            codec.load(self.codec_state)
+            try:
+                codec.load(self.codec_state)
+            except (OSError, SafetensorError, KeyError, RuntimeError, ValueError) as err:
+                raise RunDirError(f"{self.codec_state} is damaged or missing ({err})") from err
         return codec

@@ -16,12 +16,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
 fi
 echo "install: installing into .venv (first run takes ~2 min)"
 "${pip[@]}" "${PHONELM_TORCH:-torch==2.13.0}"
-# encodec needs torchaudio only for an import we never use, and whisper's triton is CUDA-only:
-# both go in without their dependencies; phonelm/codecs/encodec.py handles a missing torchaudio.
-# shellcheck disable=SC2046
-"${pip[@]}" --no-deps $(.venv/bin/python scripts/offline_requirements.py no-deps)
 # shellcheck disable=SC2046
 "${pip[@]}" $(.venv/bin/python scripts/offline_requirements.py deps)
+# encodec needs torchaudio only for an import we never use, and whisper's triton is CUDA-only:
+# both go in last, without their dependencies (so no resolver run sees the two missing on
+# purpose and prints a conflict); phonelm/codecs/encodec.py handles a missing torchaudio.
+# shellcheck disable=SC2046
+"${pip[@]}" --no-deps $(.venv/bin/python scripts/offline_requirements.py no-deps)
 "${pip[@]}" --no-deps -e .
 echo "$want" >"$stamp"
 echo "install: done"

@@ -107,6 +107,18 @@ def test_local_checkpoint_path(codec, speech, tmp_path):
     assert torch.equal(loaded.encode(speech, 24_000), codec.encode(speech, 24_000))
     with pytest.raises(CodecError, match="does not exist"):
         EncodecCodec(weights=str(tmp_path / "missing.th"))
+    # the checkpoint is named by its content: a copy elsewhere is the same codec, and a changed
+    # file at the same path is another (a dataset cache keyed by it is never reused stale)
+    copy = tmp_path / "elsewhere" / "renamed.th"
+    copy.parent.mkdir()
+    copy.write_bytes(path.read_bytes())
+    moved = build_codec(CodecConfig(name="encodec", weights=str(copy), bandwidth=3.0))
+    assert moved.identity() == loaded.identity() and str(tmp_path) not in str(moved.settings())
+    state = codec.model.state_dict()
+    state[next(iter(state))] = state[next(iter(state))] + 1
+    torch.save(state, path)
+    changed = build_codec(CodecConfig(name="encodec", weights=str(path), bandwidth=3.0))
+    assert changed.identity() != loaded.identity()
 
 
 def test_pretrained_unavailable_says_how_to_get_it(monkeypatch):

@@ -134,3 +134,75 @@ def test_a_kill_between_the_checkpoint_writes_leaves_the_result_unchanged(
     assert again["test"]["bits_per_code"] == straight["test"]["bits_per_code"]
     metrics = json.loads((tmp_path / "b" / "delay-tiny-seed0" / "test_metrics.json").read_text())
     assert metrics["best_step"] == straight["best_step"]
+
+
+def test_an_offline_ljspeech_download_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torch.hub
+
+    from phonelm.corpus import CorpusError, download_ljspeech
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(CorpusError, match="pass --corpus /path/to/LJSpeech-1.1"):
+        download_ljspeech(tmp_path)
+
+
+def test_corpus_flag_names_the_corpus_the_user_prepared(tmp_path):
+    import argparse
+
+    from experiments.run import run_config
+
+    corpus = str(tmp_path / "LJSpeech-1.1")
+    flags = dict(steps=None, budget_flops=None, max_minutes=None)
+    args = argparse.Namespace(preset="paper", seed=0, corpus=corpus, set=[], **flags)
+    assert run_config(args, "flat").data.corpus == corpus
+
+
+def test_asr_weights_that_cannot_be_had_are_one_line_in_score(tmp_path, monkeypatch, capsys):
+    import whisper
+
+    from eval.score import main as score
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("<urlopen error [Errno -2]\n Name or service not known>")
+
+    monkeypatch.setattr(whisper, "load_model", offline)
+    (tmp_path / "r" / "x").mkdir(parents=True)
+    (tmp_path / "r" / "x" / "config.json").write_text("{}")
+    monkeypatch.setattr("eval.score.load_runs", lambda *a: [object()])
+    with pytest.raises(SystemExit) as exit_info:
+        score([str(tmp_path / "r"), "--asr", "large-v3"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Whisper 'large-v3' weights are not available" in err[0]
+
+
+@pytest.mark.slow
+def test_scoring_names_a_damaged_file_skips_that_run_and_scores_the_rest(tmp_path, data_root):
+    """Each kind of damage in one of two runs: the other is still scored, the damaged one is
+    named in summary.md."""
+    from eval.score import main as score
+
+    results = tmp_path / "results"
+    for model in ("delay", "flat"):
+        run(tiny(results, data_root, "generate.limit=1", model=model))
+    flat = results / "flat-tiny-seed0"
+    damage = {
+        "samples/codes.safetensors": b"",  # empty
+        "codec.safetensors": b"garbage, not a safetensors file",
+        "config.json": b"[1, 2, 3]",  # valid JSON, not an object
+    }
+    for name, content in damage.items():
+        saved = (flat / name).read_bytes()
+        (flat / name).write_bytes(content)
+        table = score([str(results), "--data-root", str(data_root), "--force"])
+        assert "delay-tiny-seed0" in set(table["run"]) and "flat-tiny-seed0" not in set(
+            table["run"]
+        )
+        summary = (results / "summary.md").read_text()
+        assert "Skipped run directories" in summary and "flat-tiny-seed0" in summary, name
+        (flat / name).write_bytes(saved)

@@ -4,6 +4,7 @@ Random weights are for tests and offline plumbing only: their codebooks are k-me
 calibration audio (`fit`) so codes are spread over the codebook, but they decode to noise.
 """
 
+import functools
 import sys
 import types
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from phonelm.codecs.base import Codec, CodecError
 from phonelm.codecs.kmeans import fit_residual_codebooks
+from phonelm.io import file_digest
 
 BANDWIDTHS = {1.5: 2, 3.0: 4, 6.0: 8, 12.0: 16, 24.0: 32}  # kbps -> codebooks
 
@@ -133,7 +135,15 @@ class EncodecCodec(Codec):
         return model
 
     def settings(self) -> dict:
-        return {**super().settings(), "weights": self.weights, "seed": self.seed}
+        """A local checkpoint is named by its content, not its path: swapping the file
+        changes the cache key, and the same weights elsewhere give the same key."""
+        return {**super().settings(), "weights": self._weights_id, "seed": self.seed}
+
+    @functools.cached_property
+    def _weights_id(self) -> str:
+        if self.weights in ("pretrained", "random"):
+            return self.weights
+        return f"checkpoint sha256:{file_digest(self.weights)[:16]}"
 
     def _layers(self):
         return [layer._codebook for layer in self.model.quantizer.vq.layers[: self.n_codebooks]]
