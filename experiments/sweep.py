@@ -19,7 +19,9 @@ docs/gpu.md). The study file (TOML):
     budget_flops = [9e13]
     set = ["generate.split=valid"]          # every run
     [variants]                              # name -> overrides; each is crossed with the rest
-    code-0.5 = ["model.code_dropout=0.5"]
+    "code-0.5" = ["model.code_dropout=0.5"]
+    [per_model]                             # a backend's own overrides (e.g. the screens' pick)
+    valle = ["model.code_dropout=0.3"]
 """
 
 import argparse
@@ -34,7 +36,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-_KEYS = {"name", "preset", "models", "codebooks", "seeds", "budget_flops", "set", "variants"}
+_KEYS = {
+    "name", "preset", "models", "codebooks", "seeds", "budget_flops", "set", "variants",
+    "per_model",
+}  # fmt: skip
 
 
 class StudyError(ValueError):
@@ -125,7 +130,10 @@ def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -
     variants = study.get("variants", {"default": []})
     if not isinstance(variants, dict) or not variants:
         raise StudyError(f"{path}: [variants] must map names to lists of overrides")
-    for label, values in [("set", shared), *variants.items()]:
+    per_model = study.get("per_model", {})
+    if not isinstance(per_model, dict):
+        raise StudyError(f"{path}: [per_model] must map backend names to lists of overrides")
+    for label, values in [("set", shared), *variants.items(), *per_model.items()]:
         if not isinstance(values, list) or not all(isinstance(v, str) and "=" in v for v in values):
             raise StudyError(f"{path}: {label!r} must be a list of 'section.field=value' strings")
     preset = study.get("preset", "cpu")
@@ -138,7 +146,11 @@ def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -
         _list(study, "models", str, path),
     ):
         folder = Path(out) / name / f"{variant}-k{k}-{budget_tag(budget)}"
-        jobs.append(Job(model, k, seed, float(budget), variant, (*shared, *extra), folder, preset))
+        overrides = (*shared, *per_model.get(model, []), *extra)
+        jobs.append(Job(model, k, seed, float(budget), variant, overrides, folder, preset))
+    unknown = sorted(set(per_model) - set(study["models"]))
+    if unknown:
+        raise StudyError(f"{path}: [per_model] names {unknown}, which 'models' does not list")
     return jobs
 
 

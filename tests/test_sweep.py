@@ -1,0 +1,93 @@
+"""experiments/sweep.py: a declared grid, one command per run, resumable."""
+
+import shlex
+
+import pytest
+
+from experiments.sweep import StudyError, budget_tag, load_study
+from experiments.sweep import main as sweep
+
+STUDY = """
+name = "demo"
+preset = "tiny"
+models = ["delay", "valle"]
+codebooks = [2]
+seeds = [0, 1]
+budget_flops = [1e9]
+set = ["generate.limit=1", "generate.max_seconds=0.5"]
+[variants]
+"a" = ["train.lr=1e-3"]
+"b" = ["train.lr=3e-3"]
+[per_model]
+valle = ["model.code_dropout=0.3"]
+"""
+
+
+def write(tmp_path, text: str = STUDY):
+    path = tmp_path / "study.toml"
+    path.write_text(text)
+    return path
+
+
+def test_the_grid_is_every_combination_with_one_folder_per_setting(tmp_path):
+    jobs = load_study(write(tmp_path), tmp_path / "out")
+    assert len(jobs) == 2 * 2 * 2  # variants x seeds x models
+    assert {j.out.name for j in jobs} == {"a-k2-1e9", "b-k2-1e9"}
+    valle = next(j for j in jobs if j.model == "valle" and j.variant == "b" and j.seed == 1)
+    command = valle.command()
+    assert command[1:2] == ["experiments/run.py"] and "--seed=1" in command
+    assert command[-4:] == ["generate.limit=1", "generate.max_seconds=0.5",
+                            "model.code_dropout=0.3", "train.lr=3e-3"]  # fmt: skip
+    delay = next(j for j in jobs if j.model == "delay")
+    assert "model.code_dropout=0.3" not in delay.command()
+    assert valle.command(torchrun=4)[:3] == ["torchrun", "--standalone", "--nproc_per_node=4"]
+    assert budget_tag(1.8e14) == "1.8e14" and budget_tag(9e13) == "9e13"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (("seeds = [0, 1]", "seeds = []"), "'seeds' must be a non-empty list"),
+        (("codebooks = [2]", 'codebooks = ["two"]'), "expected int values"),
+        (('name = "demo"', 'name = "a/b"'), "'name' must be a folder name"),
+        (('valle = ["model', 'flat = ["model'), "which 'models' does not list"),
+        (("preset = ", "typo = 1\npreset = "), "unknown keys ['typo']"),
+        (('"a" = ["train.lr=1e-3"]', '"a" = ["train.lr"]'), "'section.field=value'"),
+    ],
+)
+def test_a_bad_study_file_names_the_key(tmp_path, change, message):
+    with pytest.raises(StudyError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_study(write(tmp_path, STUDY.replace(*change)), tmp_path / "out")
+
+
+def test_jobs_prints_only_the_runs_left_and_a_finished_run_is_skipped(tmp_path, capsys):
+    path = write(tmp_path)
+    out = tmp_path / "out"
+    assert sweep([str(path), "--out", str(out), "--jobs"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and all(shlex.split(x)[1] == "experiments/run.py" for x in lines)
+    done = load_study(path, out)[0]
+    done.run_dir.mkdir(parents=True)
+    (done.run_dir / "test_metrics.json").write_text("{}")
+    sweep([str(path), "--out", str(out), "--jobs"])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 7
+    sweep([str(path), "--out", str(out), "--jobs", "--all"])
+    assert len(capsys.readouterr().out.strip().splitlines()) == 8
+
+
+@pytest.mark.slow
+def test_a_sweep_runs_its_grid_and_a_second_call_runs_nothing(tmp_path, monkeypatch):
+    import experiments.sweep as sweep_module
+
+    study = STUDY.replace('models = ["delay", "valle"]', 'models = ["delay"]')
+    study = study.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "[per_model]\nvalle", "[per_model]\ndelay"
+    )
+    study = study.replace('set = ["generate', f'set = ["data.root={tmp_path / "data"}", "generate')
+    path, out = write(tmp_path, study), tmp_path / "out"
+    assert sweep([str(path), "--out", str(out)]) == 0
+    jobs = load_study(path, out)
+    assert all(j.done for j in jobs) and len(jobs) == 2
+    calls = []
+    monkeypatch.setattr(sweep_module, "_run", lambda job, torchrun: calls.append(job) or 0)
+    assert sweep([str(path), "--out", str(out)]) == 0 and calls == []
