@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import os
 import platform
 import shutil
 import subprocess
@@ -60,18 +61,38 @@ def git_hash() -> str:
         return "unknown"
 
 
+# read when the process starts, with its code: the tree may change while a long run prepares
+# its data, and env.json is written after that
+GIT_AT_START = git_hash()
+
+
+def machine() -> dict:
+    """The CPU model and count (and GPU names): durations are only comparable on one kind."""
+    model = platform.processor()
+    try:
+        names = [x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                 if x.startswith("model name")]  # fmt: skip
+        model = names[0] if names else model
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return {"cpu": model, "cpus": os.cpu_count(), "gpus": gpus}
+
+
 def environment() -> dict:
     from importlib.metadata import version
 
     packages = ["torch", "x-transformers", "encodec", "openai-whisper", "g2p_en", "numpy"]
     return {
-        "git": git_hash(),
+        "git": GIT_AT_START,
         "command": sys.argv,
         "python": platform.python_version(),
         "versions": {name: version(name) for name in packages},
         "platform": platform.platform(),
         "world_size": dist.world(),
         "device": str(dist.device()),
+        "machine": machine(),
+        "threads": torch.get_num_threads(),
     }
 
 
