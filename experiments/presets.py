@@ -75,6 +75,12 @@ class RunConfig:
 # which the shared recipe was confirmed (docs/recipe.md: 4 backends x 2 seeds).
 CPU_BUDGET_FLOPS = 1.8e14
 
+# Training compute of every backend at the `paper` preset: 100k steps of the cheapest orderings
+# (delay, valle: ~3e13 FLOPs a 64-utterance step at LJSpeech's mean 6.6 s, K = 8, counted by
+# models/flops.py); flat's step costs ~10x (its sequence is K times longer), so it gets ~10k
+# steps and megabyte ~72k. Before, the preset matched 100k steps, i.e. 10x the FLOPs for flat.
+PAPER_BUDGET_FLOPS = 3e18
+
 # Per preset: the shared model shape with the reference backend's depth; every other backend's
 # depths are derived from it (matched_depths), so a new backend needs no line here.
 REFERENCE = "megabyte"
@@ -336,7 +342,8 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
         codec=replace(_CODECS[name]),
         model=model_cfg,
         train=TrainConfig(
-            steps=100_000,
+            steps=1_000_000,  # the FLOPs budget ends training first
+            budget_flops=PAPER_BUDGET_FLOPS,
             batch_size=64,
             micro_batch_size=16,
             lr=3e-4,

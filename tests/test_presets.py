@@ -71,3 +71,14 @@ def test_derived_depths_are_the_matched_ones_the_results_were_made_with():
         "flat": {"depth": 12},
         "delay": {"depth": 12},
     }
+
+
+def test_every_preset_that_trains_for_real_ends_every_backend_at_one_flops_budget():
+    """cpu and paper match backends in training FLOPs, not steps (flat's step costs ~10x at
+    K = 8): the same budget for all four, and a step cap that is never the binding limit."""
+    for name in ("cpu", "paper"):
+        budgets = {
+            preset(name, m).train.budget_flops for m in ("delay", "flat", "megabyte", "valle")
+        }
+        assert len(budgets) == 1 and None not in budgets
+        assert preset(name, "delay").train.steps >= 100_000
