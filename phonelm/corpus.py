@@ -164,6 +164,8 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None)
 
     settings = settings or EmbeddedSettings()
     stamp = {"version": EMBEDDED_VERSION, **asdict(settings)}
+    if not settings.n_novel:  # named as before the novel split existed: the same corpus
+        del stamp["n_novel"]
     root = Path(parent) / f"embedded-{digest(stamp)}"
     if (root / "corpus.json").is_file() and (root / "metadata.csv").is_file():
         return read_ljspeech(root)

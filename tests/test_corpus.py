@@ -165,3 +165,20 @@ def test_a_bad_splits_file_names_its_line(ljspeech_fixture):
     before = corpus.fingerprint()
     (ljspeech_fixture / "splits.csv").write_text("T-001|novel\n")
     assert read_ljspeech(ljspeech_fixture).fingerprint() != before
+
+
+def test_a_corpus_without_the_novel_split_keeps_the_folder_it_had_before_it_existed(tmp_path):
+    """Runs saved before n_novel existed load with n_novel=0 and must find their corpus: its
+    folder name is the hash of the settings without the new field."""
+    from dataclasses import asdict
+
+    from phonelm.corpus import EMBEDDED_VERSION
+    from phonelm.io import digest
+
+    settings = EmbeddedSettings(n_sentences=2)
+    old = {"version": EMBEDDED_VERSION, **asdict(settings)}
+    del old["n_novel"]
+    assert build_embedded(tmp_path, settings).root.name == f"embedded-{digest(old)}"
+    assert build_embedded(tmp_path, EmbeddedSettings(n_sentences=2, n_novel=1)).root.name != (
+        f"embedded-{digest(old)}"
+    )
