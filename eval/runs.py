@@ -11,8 +11,7 @@ from safetensors.torch import load_file
 
 from phonelm.audio import save_audio
 from phonelm.codecs import Codec
-from phonelm.config import DataConfig
-from phonelm.corpus import EmbeddedSettings
+from phonelm.config import DataConfig, from_dict
 from phonelm.dataset import open_corpus
 from phonelm.run_dir import TTS, RunDir, RunDirError, Samples
 
@@ -64,9 +63,9 @@ class Run:
 
     def corpus(self) -> dict:
         """utterance id -> corpus item (text, wav path) of the run's corpus."""
-        data = dict(self.config["data"])
-        data["embedded"] = EmbeddedSettings(**data["embedded"])
-        return {u.id: u for u in open_corpus(DataConfig(**data)).items}
+        data = from_dict(DataConfig, self.config["data"], where=f"{self.path}/config.json data",
+                         strict=False)  # fmt: skip
+        return {u.id: u for u in open_corpus(data).items}
 
     def codec(self) -> Codec:
         if "_codec" not in self.__dict__:

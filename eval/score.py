@@ -37,8 +37,11 @@ from phonelm.run_dir import NOVEL, RunDirError
 SCORE_VERSION = 3
 
 
-def _utterance_scores(ref: str, hyp: str, codes, extra: dict) -> dict:
+def _utterance_scores(ref: str, hyp: str, codes, extra: dict, second: str | None = None) -> dict:
+    """One utterance's scores; `second`: the second ASR's transcript, if one is used."""
     rates = error_rates([ref], [hyp])
+    if second is not None:
+        extra = {**extra, "hyp_second": second, "wer_second": error_rates([ref], [second]).wer}
     return {
         "ref": ref,
         "hyp": hyp,
@@ -62,7 +65,9 @@ def _summary(utts: list[dict]) -> dict:
     rates = error_rates([u["ref"] for u in utts], [u["hyp"] for u in utts])
     mean = lambda key: sum(u[key] for u in utts) / len(utts)  # noqa: E731
     mcd = [u["mcd"] for u in utts if u.get("mcd") is not None and not math.isnan(u["mcd"])]
+    second = {"wer_mean_second": mean("wer_second")} if "wer_second" in utts[0] else {}
     return {
+        **second,
         "wer_mean": mean("wer"),
         "wer": rates.wer,
         "wer_median": float(statistics.median(u["wer"] for u in utts)),
@@ -92,7 +97,14 @@ def cached(path: Path, **expected) -> dict | None:
     return saved if ok else None
 
 
-def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
+def _listen(asr: Asr, second: Asr | None, wav, sr: int, speaks: bool = True):
+    """(transcript, second ASR's transcript or None) of one clip; '' for an empty one."""
+    if not speaks:
+        return "", ("" if second else None)
+    return asr(wav, sr), (second(wav, sr) if second else None)
+
+
+def score_run(run: Run, asr: Asr, key: str, force: bool, second: Asr | None = None) -> dict:
     cache = run.samples.scores
     saved = None if force else cached(cache, key=key)
     if saved is not None:
@@ -101,7 +113,7 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
     utts = []
     for g in run.generations:
         wav, sr = load_audio(run.wav(g["id"]))
-        hyp = asr(wav[0], sr) if g["frames"] else ""
+        hyp, hyp_second = _listen(asr, second, wav[0], sr, bool(g["frames"]))
         true_wav = conform(*load_audio(corpus[g["id"]].wav), MCD_RATE)
         truth = sf.info(str(corpus[g["id"]].wav)).duration
         utts.append(
@@ -117,17 +129,22 @@ def score_run(run: Run, asr: Asr, key: str, force: bool) -> dict:
                     "real_time_factor": g["real_time_factor"],
                     "mcd": mel_cepstral_distortion(conform(wav[0], sr, MCD_RATE), true_wav),
                 },
+                hyp_second,
             )
         )
     summary = _summary(utts)
     summary["loop_rate"] = loop_rate([u["stopped"] for u in utts])
     summary["duration_ratio"] = sum(u["duration_ratio"] for u in utts) / len(utts)
     result = {"key": key, "asr": asr.describe(), "summary": summary, "utterances": utts}
+    if second is not None:
+        result["second_asr"] = second.describe()
     write_json(cache, result)
     return result
 
 
-def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool) -> dict:
+def score_references(
+    runs: list[Run], asr: Asr, key: str, out: Path, force: bool, second: Asr | None = None
+) -> dict:
     """Ground truth and codec resynthesis of the sentences the runs generated, per codec."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
@@ -160,12 +177,14 @@ def score_references(runs: list[Run], asr: Asr, key: str, out: Path, force: bool
             save_audio(folder / "resynthesis" / f"{uid}.wav", resynth, codec.sample_rate)
             for name, audio in (("ground truth", wav), ("codec resynthesis", resynth)):
                 mcd = mel_cepstral_distortion(conform(audio, codec.sample_rate, MCD_RATE), truth)
+                hyp, hyp_second = _listen(asr, second, audio, codec.sample_rate)
                 rows[name].append(
                     _utterance_scores(
                         u.normalized_text,
-                        asr(audio, codec.sample_rate),
+                        hyp,
                         codes.numpy(),
                         {"id": uid, "stopped": True, "duration_ratio": 1.0, "mcd": mcd},
+                        hyp_second,
                     )
                 )
         saved = {
@@ -241,6 +260,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("results", nargs="?", default="results")
     ap.add_argument("--asr", default="tiny.en")
     ap.add_argument("--asr-weights", default=None)
+    ap.add_argument(
+        "--second-asr",
+        default=None,
+        help="a second Whisper model (e.g. base) transcribing the same audio: its WER is "
+        "reported beside the first's, with the rank agreement of the two (eval/study.py)",
+    )
     ap.add_argument("--data-root", default="data", help="where converted ASR weights are cached")
     ap.add_argument("--force", action="store_true", help="rescore runs already scored")
     ap.add_argument("--report-sentences", type=int, default=10)
@@ -257,13 +282,18 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         sys.exit(f"no complete run directories under {out} ({len(problems)} skipped)")
     try:
         asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.data_root) / "asr")
+        second = (
+            Asr(args.second_asr, cache_dir=Path(args.data_root) / "asr")
+            if args.second_asr
+            else None
+        )
     except AsrError as err:  # weights that cannot be had: one line, how to get them
         ap.exit(1, f"{ap.prog}: error: {err}\n")
-    key = digest(SCORE_VERSION, asr.describe())
+    key = digest(SCORE_VERSION, asr.describe(), second.describe() if second else None)
     scores, damaged = {}, []
     for run in runs:
         try:
-            scores[run.name] = score_run(run, asr, key, args.force)
+            scores[run.name] = score_run(run, asr, key, args.force, second)
         except (RunError, RunDirError, CodecError) as err:  # this run only: score the rest
             problems.append(f"{run.path}: {err}")
             print(f"skipped: {run.path}: {err}", file=sys.stderr)
@@ -271,7 +301,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs = [run for run in runs if run not in damaged]
     if not runs:
         sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")
-    references = score_references(runs, asr, key, out, args.force)
+    references = score_references(runs, asr, key, out, args.force, second)
     rows = [run_row(run, scores[run.name]) for run in runs]
     for ref in references.values():
         for name, block in ref["rows"].items():

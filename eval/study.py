@@ -121,6 +121,20 @@ def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -
     return "\n".join(lines)
 
 
+def asr_agreement(per_utt: pd.DataFrame) -> list[str]:
+    """With a second ASR: each backend's mean per-utterance WER under it, and the rank
+    agreement (Kendall tau) of the backends under the two ASRs."""
+    if "wer_second" not in per_utt or per_utt["wer_second"].isna().all():
+        return []
+    from scipy.stats import kendalltau
+
+    means = per_utt.groupby("model")[["wer", "wer_second"]].mean()
+    tau = kendalltau(means["wer"], means["wer_second"]).statistic if len(means) > 1 else math.nan
+    listed = ", ".join(f"{m} {v:.3f}" for m, v in means["wer_second"].items())
+    return [f"- Second ASR, mean per-utterance WER: {listed}; rank agreement with the first: "
+            f"Kendall tau = {tau:.2f} over {len(means)} backends"]  # fmt: skip
+
+
 def findings(effects: pd.DataFrame) -> list[str]:
     """One line per pair: the difference with its interval, and whether it holds."""
     out = []
@@ -136,39 +150,38 @@ def findings(effects: pd.DataFrame) -> list[str]:
 
 
 def render(root: str | Path) -> str:
-    """The study's markdown: per group its table and its pairwise findings."""
+    """The study's markdown: per group and condition (`tts` on the run's split, `novel` on the
+    sentences of held-out words) its table and its pairwise findings."""
     table, per_utt = collect(root)
     if table.empty or "group" not in table or table["group"].isna().all():
         return "No study runs are scored yet."
-    runs = table[table["group"].notna() & (table["condition"] == "tts")]
+    runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
     refs = table[table["group"].isna()]
     md = [
         "WER is Whisper tiny.en's (temperature fallback), the mean of per-utterance WER with a "
         "95% hierarchical-bootstrap interval over seeds, then sentences; MCD is the DTW-aligned "
         "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "
-        'same split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
+        'run\'s split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
     ]
-    for group, block in runs.groupby("group"):
+    for (group, condition), block in runs.groupby(["group", "condition"], sort=True):
         first = block.iloc[0]
-        budget = first["budget_flops"]
         split = first["split"]
-        md += [
-            f"\n#### `{group}`: K = {int(first['k'])}, {budget:.2g} FLOPs, split `{split}`\n",
-            group_table(
-                block,
-                per_utt[(per_utt["group"] == group) & (per_utt["condition"] == "tts")],
-                refs[
-                    (refs["k"] == first["k"])
-                    & (refs["split"] == split)
-                    & (refs["scored_in"] == group.split("/")[0])
-                ],
-            ),  # fmt: skip
-            "",
+        scored_with = refs[
+            (refs["k"] == first["k"])
+            & (refs["split"] == split)
+            & refs["scored_in"].map(
+                lambda where, g=group: where == "." or g.startswith(f"{where}/")
+            )
         ]
-        effects = pairwise_effects(
-            per_utt[(per_utt["group"] == group) & (per_utt["condition"] == "tts")]
-        )
-        md += findings(effects)
+        here = per_utt[(per_utt["group"] == group) & (per_utt["condition"] == condition)]
+        md += [
+            f"\n#### `{group}`: K = {int(first['k'])}, {first['budget_flops']:.2g} FLOPs, "
+            f"sentences of `{split}`\n",
+            group_table(block, here, scored_with),
+            "",
+            *findings(pairwise_effects(here)),
+            *asr_agreement(here),
+        ]
     return "\n".join(md) + "\n"
 
 

@@ -20,6 +20,7 @@ from experiments.run import guard_frames
 from models.base import ModelConfig
 from models.registry import build_backend
 from phonelm.audio import load_audio, save_audio
+from phonelm.config import ConfigFileError, from_dict
 from phonelm.run_dir import RunDir, RunDirError
 from phonelm.sampling import GroupSampling, Sampling, utterance_seed
 from phonelm.text import Phonemizer, TextError
@@ -37,14 +38,18 @@ def load_trained(path: str | Path):
         raise RunDirError(
             f"{run.checkpoint('best')} not found: is {run.path} a trained run directory?"
         )
-    model = build_backend(ModelConfig(**state["model_config"]))
+    checkpoint = run.checkpoint("best")
+    try:
+        model_cfg = from_dict(ModelConfig, state["model_config"], where=f"{checkpoint} model")
+        generate = from_dict(
+            GenerateConfig, run.read_json(run.config).get("generate", {}),
+            where=f"{run.config} generate", strict=False,
+        )  # fmt: skip
+    except ConfigFileError as err:
+        raise RunDirError(str(err)) from err
+    model = build_backend(model_cfg)
     model.load_state_dict(state["model"])
-    codec = run.codec()
-    saved = run.read_json(run.config)["generate"]
-    sampling = saved.pop("sampling")
-    groups = {g: GroupSampling(**sampling.pop(g)) for g in ("coarse", "fine")}
-    generate = GenerateConfig(**saved, sampling=Sampling(**sampling, **groups))
-    return model.eval(), codec, generate
+    return model.eval(), run.codec(), generate
 
 
 def _parser(hint):

@@ -291,9 +291,24 @@ class Trainer:
         self.signal: int | None = None
         state = self.run.load_checkpoint("last")
         if state is not None:
+            self._check_same_config(state)
             self._resume(state)
         if dist.is_main():  # log lines past the checkpoint were trained again: drop them
             self.run.truncate_metrics(self.step)
+
+    def _check_same_config(self, state: dict) -> None:
+        """A checkpoint resumes only the model and training it was made with (config.json may
+        be gone or edited: the checkpoint's own copy decides). Settings added since it was
+        written count as their defaults."""
+        for section, current in (("model", asdict(self.model.cfg)), ("train", asdict(self.cfg))):
+            saved = state.get(f"{section}_config", {})
+            differ = sorted(k for k in current if k in saved and saved[k] != current[k])
+            if differ:
+                raise ValueError(
+                    f"{self.run.checkpoint('last')} was trained with other {section} settings "
+                    f"({', '.join(f'{k}={saved[k]!r}' for k in differ)}); use another --out or "
+                    "remove the run directory"
+                )
 
     def _resume(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])

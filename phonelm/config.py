@@ -25,3 +25,42 @@ class DataConfig:
     shard_size: int = 256  # utterances per cache shard (the unit of resumption)
     max_seconds: float = 15.0  # utterances longer than this are filtered out (counted)
     max_phonemes: int = 400
+
+
+class ConfigFileError(ValueError):
+    """A saved config that this version cannot rebuild; the message names it and the keys."""
+
+
+def from_dict(cls, data, *, where: str, strict: bool = True):
+    """The dataclass `cls` rebuilt from saved JSON (`where` names the file and section), nested
+    dataclasses included; the one way every script reads a saved config. Missing keys take
+    their defaults (files written before a setting existed). Keys this version does not know
+    (a newer version's file) are an error naming them with `strict` (sections that change what
+    is built: model, codec), else a warning on stderr."""
+    import dataclasses
+    import sys
+    import types
+    import typing
+
+    if not isinstance(data, dict):
+        raise ConfigFileError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        message = f"{where}: keys this version does not know: {unknown} (a newer version's file?)"
+        if strict:
+            raise ConfigFileError(message)
+        print(f"warning: {message}; ignored", file=sys.stderr)
+    values = {}
+    for key in names & set(data):
+        hint, value = hints[key], data[key]
+        options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+        nested = [t for t in options if dataclasses.is_dataclass(t)]
+        if nested and isinstance(value, dict):
+            value = from_dict(nested[0], value, where=f"{where}.{key}", strict=strict)
+        values[key] = value
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as err:  # a dataclass's own check
+        raise ConfigFileError(f"{where}: {err}") from err

@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError
 
 from phonelm.codecs import Codec, build_codec
-from phonelm.config import CodecConfig
+from phonelm.config import CodecConfig, ConfigFileError, from_dict
 from phonelm.io import write_text, write_with
 
 
@@ -236,9 +236,9 @@ class RunDir:
         RunDirError naming the file when either is damaged."""
         saved = self.read_json(self.codec_config)
         try:
-            codec = build_codec(CodecConfig(**saved))
-        except TypeError as err:  # keys this version does not know
-            raise RunDirError(f"{self.codec_config}: not a codec config ({err})") from err
+            codec = build_codec(from_dict(CodecConfig, saved, where=str(self.codec_config)))
+        except ConfigFileError as err:
+            raise RunDirError(str(err)) from err
         if codec.needs_fit:
             try:
                 codec.load(self.codec_state)

@@ -206,3 +206,44 @@ def test_scoring_names_a_damaged_file_skips_that_run_and_scores_the_rest(tmp_pat
         summary = (results / "summary.md").read_text()
         assert "Skipped run directories" in summary and "flat-tiny-seed0" in summary, name
         (flat / name).write_bytes(saved)
+
+
+def test_a_checkpoint_resumes_only_the_settings_it_was_trained_with(tmp_path, data_root, capsys):
+    """config.json deleted, then the command with another learning rate: refused (the
+    checkpoint's own config decides), not continued under a config.json that lies."""
+    with pytest.raises(KeyboardInterrupt):
+        real = train_module.Trainer._train_step
+
+        def stop_at_4(self, batches):
+            if self.step == 4:
+                raise KeyboardInterrupt
+            return real(self, batches)
+
+        train_module.Trainer._train_step = stop_at_4
+        try:
+            run(tiny(tmp_path, data_root))
+        finally:
+            train_module.Trainer._train_step = real
+    (tmp_path / "delay-tiny-seed0" / "config.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(tmp_path, data_root, "train.lr=0.5"))
+    assert exit_info.value.code == 2
+    assert "was trained with other train settings (lr=" in capsys.readouterr().err
+    [result] = run(tiny(tmp_path, data_root))  # the command it was made with resumes
+    assert result["steps"] == 6
+
+
+def test_configs_from_a_newer_version_name_their_unknown_keys(tmp_path, capsys):
+    from models.base import ModelConfig
+    from phonelm.config import ConfigFileError, DataConfig, from_dict
+
+    with pytest.raises(
+        ConfigFileError, match=r"model: keys this version does not know: \['wings'\]"
+    ):
+        from_dict(ModelConfig, {"dim": 8, "wings": 2}, where="model")
+    data = from_dict(DataConfig, {"root": "x", "embedded": {"n_sentences": 5, "moons": 1},
+                                  "future": 1}, where="data", strict=False)  # fmt: skip
+    assert data.root == "x" and data.embedded.n_sentences == 5
+    assert "future" in capsys.readouterr().err
+    with pytest.raises(ConfigFileError, match="expected a JSON object"):
+        from_dict(ModelConfig, [1, 2], where="model")

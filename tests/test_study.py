@@ -44,7 +44,7 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
              "--steps", "2", "--set", f"data.root={tmp_path / 'data'}", "generate.limit=3",
              "generate.max_seconds=0.5", "generate.split=valid"]
         )  # fmt: skip
-    score([str(study), "--data-root", "data"])
+    score([str(study), "--data-root", "data", "--second-asr", "base"])
     readme = tmp_path / "README.md"
     readme.write_text(f"# demo\n{BEGIN}\n(typed by hand)\n{END}\nafter\n")
     publish([str(tmp_path / "study"), "--readme", str(readme)])
@@ -52,10 +52,12 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     assert "(typed by hand)" not in text and text.endswith(f"{END}\nafter\n")
     section = text.split(BEGIN, 1)[1].split(END, 1)[0]
     assert section.strip() == render(tmp_path / "study").strip()
-    assert "`demo/plain-k2-1e9`: K = 2" in section and "split `valid`" in section
+    assert "`demo/plain-k2-1e9`: K = 2" in section and "sentences of `valid`" in section
     for name in ("| delay |", "| valle |", "*ground truth*", "*codec resynthesis*"):
         assert name in section
     assert "delay - valle:" in section  # the pair's finding, with its interval
     assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
     scores = json.loads((study / "plain-k2-1e9" / "delay-tiny-seed0" / "scores.json").read_text())
-    assert scores["asr"]["model"] == "tiny.en"
+    assert scores["asr"]["model"] == "tiny.en" and scores["second_asr"]["model"] == "base"
+    assert all("wer_second" in u for u in scores["utterances"])
+    assert "Kendall tau" in section
