@@ -121,6 +121,29 @@ def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -
     return "\n".join(lines)
 
 
+def picks(runs: pd.DataFrame) -> list[str]:
+    """Per study whose groups score `valid` (screens): each backend's mean per-utterance WER in
+    every variant and its pick, the lowest (the one procedure every backend gets)."""
+    screens = runs[(runs["split"] == "valid") & (runs["condition"] == "tts")].copy()
+    if screens.empty:
+        return []
+    screens["study"] = screens["group"].map(lambda g: g.split("/")[0])
+    screens["variant"] = screens["group"].map(lambda g: g.split("/", 1)[-1])
+    md = []
+    for study, block in screens.groupby("study"):
+        table = block.pivot_table(index="model", columns="variant", values="wer_mean")
+        variants = list(table.columns)
+        md += [f"\n#### Picks of `{study}` (mean per-utterance WER on `valid`, lowest wins)\n",
+               "| backend | " + " | ".join(f"`{v}`" for v in variants) + " | pick |",
+               "|---|" + "---|" * (len(variants) + 1)]  # fmt: skip
+        for model, row in table.iterrows():
+            best = row.dropna().idxmin() if row.notna().any() else ""
+            cells = [_fmt(row[v]) for v in variants]
+            pending = " (not all screened)" if row.isna().any() else ""
+            md.append(f"| {model} | " + " | ".join(cells) + f" | `{best}`{pending} |")
+    return md
+
+
 def asr_agreement(per_utt: pd.DataFrame) -> list[str]:
     """With a second ASR: each backend's mean per-utterance WER under it, and the rank
     agreement (Kendall tau) of the backends under the two ASRs."""
@@ -182,7 +205,7 @@ def render(root: str | Path) -> str:
             *findings(pairwise_effects(here)),
             *asr_agreement(here),
         ]
-    return "\n".join(md) + "\n"
+    return "\n".join(md + picks(runs)) + "\n"
 
 
 def replace_section(readme: str, section: str) -> str:

@@ -61,3 +61,4 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     assert scores["asr"]["model"] == "tiny.en" and scores["second_asr"]["model"] == "base"
     assert all("wer_second" in u for u in scores["utterances"])
     assert "Kendall tau" in section
+    assert "Picks of `demo`" in section and "| delay |" in section.split("Picks of")[1]
