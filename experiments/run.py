@@ -18,8 +18,10 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -393,6 +395,22 @@ def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) ->
     return result
 
 
+class Terminated(Exception):
+    """SIGTERM outside the training loop (data preparation, evaluation, generation)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminated(signum, frame):
+    raise Terminated(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", required=True, help=f"one of {sorted(BACKENDS)} or 'all'")
@@ -427,13 +445,23 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ap.error(f"unknown model {unknown[0]!r}; valid models: {sorted(BACKENDS)} or 'all'")
     dist.init()
     main_process = dist.is_main()  # asked before cleanup, after which every rank looks like 0
+    previous = signal.signal(signal.SIGTERM, _terminated) if _main_thread() else None
     try:
         results = [run_one(args, m) for m in models]
     except ConfigError as err:  # a usage error: exit 2, one line, no traceback
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     except (RunDirError, CorpusError, CodecError, TextError) as err:  # a bad file: exit 1
         ap.exit(1, f"{ap.prog}: error: {err}\n")
+    except (KeyboardInterrupt, Terminated) as err:  # outside training (which checkpoints)
+        signum = err.signum if isinstance(err, Terminated) else signal.SIGINT
+        ap.exit(
+            128 + int(signum),
+            f"{ap.prog}: {signal.Signals(signum).name}: stopped; what is written is kept (the "
+            "dataset cache, checkpoints, finished samples): run the same command to go on\n",
+        )
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         dist.cleanup()
     if main_process:
         for r in results:

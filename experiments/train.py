@@ -542,6 +542,8 @@ class Trainer:
                 self.best = min(self.best, valid["loss"])
                 self._checkpoint(best=improved)
         bar.close()
+        if self.signal is not None:  # it came during the last evaluation or checkpoint
+            self._stop_on_signal()
         return {
             **self._record(),
             "steps": self.step,

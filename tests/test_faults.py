@@ -247,3 +247,33 @@ def test_configs_from_a_newer_version_name_their_unknown_keys(tmp_path, capsys):
     assert "future" in capsys.readouterr().err
     with pytest.raises(ConfigFileError, match="expected a JSON object"):
         from_dict(ModelConfig, [1, 2], where="model")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_generation_stops_with_a_message_and_its_exit_code(
+    signum, code, tmp_path, data_root
+):
+    """SIGTERM / SIGINT during generation: one message, exit 128 + signal, and the same command
+    then finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    root = Path(__file__).resolve().parent.parent
+    args = [sys.executable, str(root / "experiments" / "run.py"),
+            *tiny(tmp_path, data_root, "generate.limit=none")]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    samples = tmp_path / "delay-tiny-seed0" / "samples"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not any(samples.glob("*.wav")):
+        time.sleep(0.05)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert f"{signum}: stopped" in err and "Traceback" not in err
+    [result] = run(tiny(tmp_path, data_root, "generate.limit=none"))
+    assert result["generation"]["tts"]["utterances"] >= 1
