@@ -26,6 +26,7 @@ CUDA timings synchronise; CPU runs pin the thread count.
 
 import argparse
 import dataclasses
+import math
 import platform
 import statistics
 import sys
@@ -287,6 +288,15 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--no-peers", action="store_true")
     ap.add_argument("--matmul", type=int, default=None, help="n of the peak-FLOPs matmul")
     args = ap.parse_args(argv)
+    positive = {"--threads": [args.threads], "--steps": [args.steps], "--matmul": [args.matmul],
+                "--seconds": args.seconds, "--batches": args.batches,
+                "--peer-seconds": args.peer_seconds}  # fmt: skip
+    for flag, values in positive.items():
+        bad = [v for v in values or [] if v is not None and not (v > 0 and math.isfinite(v))]
+        if bad:
+            ap.error(f"{flag} takes numbers > 0, got {bad[0]}")
+    if args.warmup is not None and args.warmup < 0:
+        ap.error(f"--warmup takes a number >= 0, got {args.warmup}")
     args.argv = sys.argv[1:] if argv is None else list(argv)
     smoke = args.smoke
     args.steps = args.steps or (2 if smoke else 6)

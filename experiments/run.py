@@ -353,6 +353,8 @@ def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) ->
             if len(test_set) > 1
             else None
         )
+    except RunDirError:  # a damaged file of the run (exit 1), not a setting
+        raise
     except ValueError as err:  # a batch split or a length filter that cannot work
         raise ConfigError(str(err)) from err
     if dist.is_main():  # the run can start: now it gets its directory

@@ -43,6 +43,10 @@ def attention_stack(
         ff_mult=cfg.ff_mult,
         ff_glu=True,
         rotary_pos_emb=True,
+        # x-transformers' only use of `verbose`: a warning at every build that the rotary
+        # dimension (dim_head / 2: 24 at the cpu preset, 16 at tiny) is below 32, which buried
+        # real warnings; the size is the presets' stated choice
+        verbose=False,
         attn_flash=True,  # torch's scaled_dot_product_attention kernels
         attn_dropout=cfg.dropout,
         ff_dropout=cfg.dropout,

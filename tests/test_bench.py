@@ -42,3 +42,18 @@ def test_smoke_benchmark_measures_every_backend_and_the_peers(tmp_path):
     assert (uncached.batch == 1).all()
     assert set(uncached.name) == set(BACKENDS) | {"peer: MEGABYTE-pytorch"}
     assert (out / "bench_generation.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--seconds", "-1"], "--seconds takes numbers > 0, got -1.0"),
+     (["--batches", "0"], "--batches takes numbers > 0, got 0"),
+     (["--threads", "0"], "--threads takes numbers > 0, got 0"),
+     (["--seconds", "inf"], "--seconds takes numbers > 0, got inf")],
+)  # fmt: skip
+def test_bench_flags_out_of_range_are_one_usage_line(flags, message, capsys):
+    from bench.run import main as bench
+
+    with pytest.raises(SystemExit) as exit_info:
+        bench(flags)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -277,3 +277,14 @@ def test_a_signal_during_generation_stops_with_a_message_and_its_exit_code(
     assert f"{signum}: stopped" in err and "Traceback" not in err
     [result] = run(tiny(tmp_path, data_root, "generate.limit=none"))
     assert result["generation"]["tts"]["utterances"] >= 1
+
+
+def test_a_garbage_line_inside_metrics_is_a_bad_file_exit_1(tmp_path, data_root, capsys):
+    run(tiny(tmp_path, data_root))
+    metrics = tmp_path / "delay-tiny-seed0" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join([lines[0], "garbage{", *lines[1:]]) + "\n")
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(tmp_path, data_root, "generate.limit=1"))  # generation settings may change
+    assert exit_info.value.code == 1
+    assert "metrics.jsonl:2 is not valid JSON" in capsys.readouterr().err
