@@ -1,1 +1,2 @@
-"""Evaluation: ASR, metrics, codec checks and (to come) the scoring harness."""
+"""Evaluation: scoring run directories (score.py), publishing the study (study.py), ASR,
+metrics, statistics, the HTML report and codec checks."""

@@ -129,12 +129,15 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         ax.errorbar(names, [mean for _, mean, _ in summary], yerr=[ci for *_, ci in summary],
                     fmt="none", ecolor="black", capsize=4)  # fmt: skip
         sns.stripplot(models, x="entry", y=metric, order=names, color="black", size=3, ax=ax)
-        refs = table[table["preset"].isna()]
-        for _, ref in refs.iterrows():
-            ax.axhline(ref[metric], ls="--", lw=1, color="gray")
-            ax.text(ax.get_xlim()[1], ref[metric], f" {ref['model']}", va="center", fontsize=7)
+        refs = table[table["preset"].isna()].drop_duplicates(subset=["model"])
+        for (_, ref), style in zip(refs.iterrows(), ("--", ":", "-."), strict=False):
+            ax.axhline(ref[metric], ls=style, lw=1, color="gray", label=ref["model"])
+        if len(refs):  # the reference lines named in a legend outside the bars
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+        ax.tick_params(axis="x", labelrotation=20)
         what = metric.removesuffix("_mean").upper()
-        ax.set_title(f"mean per-utterance {what}, 95% CI over seeds (max {seeds.max()} seeds)")
+        ax.set_title(f"{what}, mean per utterance\n95% CI over seeds (up to {seeds.max()})",
+                     fontsize=9)  # fmt: skip
     save("wer_cer", fig)
 
     # bits belong to the trained model: one row per run directory, whatever its conditions
@@ -145,7 +148,8 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         fig, ax = plt.subplots(figsize=(6, 3.5))
         bits["codebook"] = bits["codebook"].str.replace("bits_cb", "")
         sns.barplot(bits, x="codebook", y="bits", hue="run", ax=ax)
-        ax.set_title("test bits-per-code per codebook")
+        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+        ax.set_title("held-out bits-per-code per codebook")
         save("bits_per_codebook", fig)
 
     curves = pd.DataFrame(
@@ -170,8 +174,11 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
             ("training FLOPs (the matched budget)", "step", "training seconds"),
             strict=True,
         ):
-            sns.lineplot(curves, x=x, y="bits", hue="run", marker="o", ax=ax)
+            sns.lineplot(curves, x=x, y="bits", hue="run", marker="o", ax=ax,
+                         legend=x == "seconds")  # one legend, outside the last panel  # fmt: skip
             ax.set_title(f"validation bits-per-code vs {what}", fontsize=9)
+        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
+                        frameon=False)  # fmt: skip
         save("validation_curves", fig)
 
     labelled = pd.concat(
@@ -185,6 +192,7 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
     )
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(parts, x="part", y="share", hue="entry", ax=ax)
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
     ax.set_title("repetition")
     save("repetition", fig)
 
@@ -280,9 +288,12 @@ def _tests_md(tests: dict) -> list[str]:
 def write_report(out: Path, table, per_utt, runs, references, tests, problems, *, sentences: int):
     shown = table[[c for c in MAIN_COLUMNS if c in table.columns] + ["asr"]]
     asr = table["asr"].iloc[0]
+    headline = headline_table(table, tests["intervals"])
     md = [
         f"# PhoneLM results\n\nASR: {asr}; Whisper English normaliser on both sides.\n",
-        "## Runs and references\n",
+        "## Headline (mean per-utterance WER, 95% hierarchical-bootstrap interval)\n",
+        headline.to_markdown(index=False),
+        "\n## Runs and references\n",
         _markdown(shown.drop(columns="asr")),
         "\n## Over seeds (mean ± 95% CI)\n",
         seed_summary(table).to_markdown(index=False),
@@ -297,46 +308,121 @@ def write_report(out: Path, table, per_utt, runs, references, tests, problems, *
     plots = _plots(out, table, per_utt, runs)
 
     by_run = {run.name: run for run in runs}
-    ids = sorted({u["id"] for u in per_utt.to_dict("records")})[:sentences]
+    page = _page(
+        asr=asr,
+        headline=headline.to_html(index=False, escape=True),
+        runs_html=_display(shown.drop(columns="asr")).to_html(index=False),
+        over_seeds=seed_summary(table).to_html(index=False),
+        paired="".join(
+            f"<h3>{title}</h3>"
+            + (f'<div class="scroll">{t.to_html(index=False)}</div>' if len(t) else "<p>none</p>")
+            for title, t in (
+                (
+                    "pairwise differences of mean per-utterance WER (hierarchical bootstrap, Holm)",
+                    tests["effects"],
+                ),
+                ("per seed, per-utterance WER (Wilcoxon, Holm)", tests["utterances"]),
+                ("over seeds, mean per-utterance WER (paired t-test, Holm)", tests["seeds"]),
+            )
+        ),  # fmt: skip
+        plots="".join(_image_tag(p) for p in plots.values()),
+        sentences=_sentence_cards(out, per_utt, by_run, references, sentences),
+    )
+    write_text(out / "report.html", page)
+
+
+def headline_table(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
+    """The first thing the report shows: per backend (and group and condition when there are
+    several) the mean per-utterance WER with its 95% interval, bits/code, loop rate and speed,
+    then the reference rows."""
+    models = _entries(table)
+    rows = []
+    ci = intervals.set_index(["group", "condition", "model"]) if len(intervals) else None
+    for (group, condition, model), block in models.groupby(["group", "condition", "model"]):
+        key = (group, condition, model)
+        wer = f"{block['wer_mean'].mean():.3f}"
+        if ci is not None and key in ci.index:
+            row = ci.loc[key]
+            wer = f"{row['wer_mean']:.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
+        mean = {c: block[c].mean() for c in ("mcd", "bits_per_code", "loop_rate", "gen_rtf")}
+        rows.append({
+            "backend": block["entry"].iloc[0], "seeds": len(block), "WER (95% CI)": wer,
+            "MCD dB": f"{mean['mcd']:.2f}", "bits/code": f"{mean['bits_per_code']:.3f}",
+            "loops": f"{mean['loop_rate']:.2f}", "gen RTF": f"{mean['gen_rtf']:.2f}",
+            "train codes/s": f"{block['train_codes_per_s'].mean():.0f}",
+        })  # fmt: skip
+    refs = table[table["preset"].isna()].drop_duplicates(subset=["model", "k", "split"])
+    for _, ref in refs.iterrows():
+        rows.append({"backend": f"{ref['model']} (K = {ref['k']}, {ref['split']})", "seeds": "",
+                     "WER (95% CI)": f"{ref['wer_mean']:.3f}", "MCD dB": f"{ref['mcd']:.2f}",
+                     "bits/code": "", "loops": "", "gen RTF": "", "train codes/s": ""})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _sentence_cards(out: Path, per_utt, by_run, references, limit: int) -> str:
+    """Per sentence: its text, then a grid of cards that wraps to the page's width (ground
+    truth, codec resynthesis, every run): audio, and the transcript with its WER."""
+    ids = sorted(set(per_utt["id"]))[:limit]
     ref_dirs = [out / "references" / key for key in references]
-    corpora = {name: run.corpus() for name, run in by_run.items()}
-    rows_html = []
+    corpora: dict = {}
+    blocks = []
     for uid in ids:
         utt = per_utt[per_utt["id"] == uid]
-        text = html.escape(utt["ref"].iloc[0])
-        cells = []
-        truth = corpora[utt["run"].iloc[0]][uid].wav
-        cells.append(f"<td>ground truth<br>{_audio_tag(truth)}</td>")
-        for folder in ref_dirs:
-            resynth = folder / "resynthesis" / f"{uid}.wav"
-            if resynth.is_file():
-                cells.append(f"<td>codec resynthesis<br>{_audio_tag(resynth)}</td>")
-                break
+        first = by_run[utt["run"].iloc[0]]
+        if first.path not in corpora:
+            corpora[first.path] = first.corpus()
+        cards = [_card("ground truth", corpora[first.path][uid].wav)]
+        resynth = next((d / "resynthesis" / f"{uid}.wav" for d in ref_dirs
+                        if (d / "resynthesis" / f"{uid}.wav").is_file()), None)  # fmt: skip
+        if resynth is not None:
+            cards.append(_card("codec resynthesis", resynth))
         for _, u in utt.iterrows():
-            wav = by_run[u["run"]].wav(uid)
-            cells.append(
-                f"<td>{html.escape(u['run'])}<br>{_audio_tag(wav)}<br>"
-                f"<small>{html.escape(u['hyp'])} (WER {u['wer']:.2f})</small></td>"
-            )
-        rows_html.append(f"<tr><td>{text}</td>{''.join(cells)}</tr>")
-    runs_html = _display(shown).to_html(index=False)
-    paired_html = "".join(
-        f"<h3>{title}</h3>" + (t.to_html(index=False) if len(t) else "<p>not available</p>")
-        for title, t in (
-            ("per seed, per-utterance WER (Wilcoxon, Holm)", tests["utterances"]),
-            ("over seeds, mean WER (paired t-test, Holm)", tests["seeds"]),
+            heard = f"{html.escape(u['hyp'])} <b>(WER {u['wer']:.2f})</b>"
+            cards.append(_card(u["run"], by_run[u["run"]].wav(uid), heard))
+        blocks.append(
+            f'<section class="sentence"><p class="ref"><b>{html.escape(uid)}</b>: '
+            f'{html.escape(utt["ref"].iloc[0])}</p><div class="cards">{"".join(cards)}</div>'
+            "</section>"
         )
-    )
-    notes_html = "".join(f"<li>{html.escape(note)}</li>" for note in NOTES)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>PhoneLM report</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:4px;font-size:13px;vertical-align:top}}
-img{{max-width:100%}}</style>
-</head><body><h1>PhoneLM report</h1><p>ASR: {html.escape(asr)}</p>
-<h2>Runs and references</h2>{runs_html}
-<h2>Over seeds</h2>{seed_summary(table).to_html(index=False)}
-<h2>Paired tests</h2>{paired_html}
-<h2>How to read these numbers</h2><ul>{notes_html}</ul>
-<h2>Plots</h2>{"".join(_image_tag(p) for p in plots.values())}
-<h2>Sentences</h2><table id="sentences">{"".join(rows_html)}</table></body></html>"""
-    write_text(out / "report.html", page)
+    return "".join(blocks)
+
+
+def _card(title: str, wav: Path, heard: str = "") -> str:
+    text = f'<p class="heard">{heard}</p>' if heard else ""
+    return f'<div class="card"><p class="who">{html.escape(title)}</p>{_audio_tag(wav)}{text}</div>'
+
+
+STYLE = """
+body{font-family:sans-serif;margin:1em auto;max-width:1400px;padding:0 1em;box-sizing:border-box}
+h1{font-size:1.6em}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top;white-space:nowrap}
+#headline td,#headline th{font-size:15px}
+img{max-width:100%;height:auto;display:block;margin:.5em 0}
+.sentence{border-top:1px solid #ddd;padding:.5em 0}
+.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(230px,1fr));gap:8px}
+.card{border:1px solid #ddd;border-radius:4px;padding:6px;min-width:0}
+.card audio{width:100%}
+.who{font-size:12px;color:#555;margin:0 0 4px;overflow-wrap:anywhere}
+.heard{font-size:13px;margin:4px 0 0;overflow-wrap:anywhere}
+details{margin:1em 0}
+"""
+
+
+def _page(*, asr, headline, runs_html, over_seeds, paired, plots, sentences) -> str:
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in NOTES)
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1"><title>PhoneLM report</title>
+<style>{STYLE}</style></head><body><h1>PhoneLM report</h1>
+<p>ASR: {html.escape(asr)}. WER is the mean of per-utterance WER; its interval is a 95%
+hierarchical bootstrap over seeds, then sentences.</p>
+<h2>Headline</h2><div class="scroll" id="headline">{headline}</div>
+<h2>Plots</h2>{plots}
+<h2>Sentences</h2><div id="sentences">{sentences}</div>
+<h2>Pairwise tests</h2>{paired}
+<details><summary>Every run and reference row</summary><div class="scroll">{runs_html}</div>
+</details>
+<details><summary>Over seeds (mean ± 95% CI)</summary><div class="scroll">{over_seeds}</div>
+</details>
+<h2>How to read these numbers</h2><ul>{notes}</ul></body></html>"""

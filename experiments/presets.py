@@ -10,8 +10,9 @@ Within a preset, backends are matched:
   layers): its AR alone must learn the phoneme -> frame alignment and when to stop, while the
   NAR refines frames whose timing is set.
 - in training compute: `cpu` ends every backend at the same `train.budget_flops` (model FLOPs
-  counted from the real batches, models/flops.py), sized so that the slowest backend in
-  FLOPs per second trains about 30 minutes on 2 CPU cores; `max_minutes` is only a safety cap.
+  counted from the real batches, models/flops.py), 21-26 minutes of training for each backend
+  on 2 CPU cores at K = 2 (docs/recipe.md); `paper` at 3e18 FLOPs; `max_minutes` is only a
+  safety cap.
 - in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
 K is stated once per preset, on the codec; the model takes the codec's K.
 
@@ -70,9 +71,9 @@ class RunConfig:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
 
 
-# Training compute of every backend at the `cpu` preset: ~30 minutes of the slowest backend in
-# FLOPs per second on 2 CPU cores (measured by bench/run.py; docs/speed.md). The budget at
-# which the shared recipe was confirmed (docs/recipe.md: 4 backends x 2 seeds).
+# Training compute of every backend at the `cpu` preset: 21-26 minutes of training each on 2 CPU
+# cores at K = 2 (115-140 GFLOP/s, docs/recipe.md). The budget at which the shared recipe was
+# confirmed (docs/recipe.md: 4 backends x 2 seeds).
 CPU_BUDGET_FLOPS = 1.8e14
 
 # Training compute of every backend at the `paper` preset: 100k steps of the cheapest orderings
@@ -210,6 +211,13 @@ def check(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}={value!r}: expected a finite number")
         if key.endswith("seed") and (isinstance(value, bool) or value not in SEED_RANGE):
             raise ConfigError(f"{key}={value!r}: expected an integer seed in [0, 2**32)")
+    for key, value in (("train.seed", cfg.train.seed), ("generate.sampling.seed",
+                                                         cfg.generate.sampling.seed)):  # fmt: skip
+        if value != cfg.seed:  # the run directory is named by the run's seed
+            raise ConfigError(
+                f"{key}={value} differs from the run's seed {cfg.seed}: set every seed with "
+                f"--seed {value}"
+            )
     for key, ok, expected in _CHECKS:
         value = cfg
         for part in key.split("."):

@@ -36,7 +36,8 @@ class ModelConfig:
     nar_depth: int = 0  # valle: NAR depth (0: same as `depth`)
     n_codebooks: int | None = None  # K: None takes the codec's; another value is an error
     positions: str = "sequence"  # rotary positions: "sequence" | "aligned" (models/positions.py)
-    phoneme_stride: float | None = None  # aligned: frames per phoneme (None: run.py measures it)
+    # aligned: frames per phoneme (None: experiments/presets.py `resolve` measures it)
+    phoneme_stride: float | None = None
     # attention inside the phoneme prefix: "causal" (phoneme i sees phonemes <= i) or
     # "bidirectional" (every phoneme sees the whole text, a prefix LM); audio is causal either way
     prefix: str = "causal"
@@ -64,7 +65,7 @@ class Generated:
 
 
 class Backend(nn.Module, ABC):
-    """A phonemes -> codes model. Subclasses: keyword-only constructor from a ModelConfig.
+    """A phonemes -> codes model. Subclasses: built from a ModelConfig (`Cls(cfg)`).
 
     `pattern_name` names the code ordering the backend models (models/patterns.py);
     `self.pattern` is that ordering at the config's K. tests/test_backends.py checks that the

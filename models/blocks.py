@@ -138,7 +138,7 @@ def frame_targets(
 
 
 def mask_stop(logits: torch.Tensor, stop: int) -> torch.Tensor:
-    """Only codebook 0 may stop: logits [..., K, V + 1] with -inf stop logits for k > 0."""
+    """Only codebook 1 may stop: logits [..., K, V + 1], -inf stop logits for k > 0."""
     blocked = torch.zeros_like(logits, dtype=torch.bool)
     blocked[..., 1:, stop] = True
     return logits.masked_fill(blocked, float("-inf"))
@@ -161,8 +161,8 @@ def frame_loss(logits: torch.Tensor, targets: torch.Tensor, stop: int) -> Forwar
 
 
 class CodebookHeads(nn.Module):
-    """One output head per codebook over V codes, plus a stop class on codebook 0's head when
-    `stop` (the other codebooks' stop logits are -inf)."""
+    """One output head per codebook over V codes, plus a stop class on codebook 1's head
+    (index 0) when `stop` (the other codebooks' stop logits are -inf)."""
 
     vocabulary_table = True  # not counted in non-embedding parameters (Backend.num_params)
 
@@ -196,7 +196,7 @@ class Decoded:
     any ordering that fills each codebook frame by frame (every pattern here does).
 
     `codes` [B, K, max(limits)]; `record(token, k, frame)` stores a chosen token (a stop on
-    codebook 0 before an item's current length ends that item at `frame`; an item that never
+    codebook 1 before an item's current length ends that item at `frame`; an item that never
     stops ends at its own limit, unstopped) and says whether every item is done: its length is
     known and every codebook is filled up to it (delay's tail included).
     """

@@ -1,7 +1,7 @@
 """A causal LM over [phonemes; BOS; codes of S codebooks flattened frame-major].
 
 `flat` is this over all K codebooks (f0k0, f0k1, ..., f1k0, ...); VALL-E's AR is this over
-codebook 1 alone. Code embeddings and output heads are codebook-specific; codebook 0's head has
+codebook 1 alone. Code embeddings and output heads are codebook-specific; codebook 1's head has
 the extra stop class, predicted where the next frame would start.
 """
 

@@ -6,7 +6,7 @@ Codebook k of frame f therefore sees every codebook of frames < f - k... and cod
 frame f only through the earlier steps that carry them: all K codes of a frame come out in K
 steps instead of one (parallel) or K (flat). Where a codebook has no frame at a step (the first
 k steps of codebook k, and past the end), the step carries a learned blank for it. The stop
-class is on codebook 0, at the step after the last frame; the K - 1 steps that follow fill the
+class is on codebook 1, at the step after the last frame; the K - 1 steps that follow fill the
 last frames' higher codebooks (the tail the delay owes).
 """
 

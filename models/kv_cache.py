@@ -5,8 +5,9 @@ values every step and re-rotates every cached key, so a step costs O(length) cop
 general-purpose layers make ~180 small tensor operations per layer in Python: at the benchmark's
 sizes that overhead, not arithmetic, set generation speed (bench/run.py). `CachedStack` runs the
 same stack with the same weights as a plain sequence of tensor operations (~15 a layer) and keeps
-keys, already rotated, in buffers preallocated for the whole generation, so a step costs the same
-at frame 10 and at frame 1000.
+keys, already rotated, in buffers preallocated for the whole generation, so no step re-rotates or
+copies the cache (attention over it still grows with its length: a step at 20 s of audio costs
+2-2.8x one at 10 s, docs/speed.md).
 
 Inference only (no autograd, no dropout). It runs exactly the stack that
 `models.blocks.attention_stack` builds (pre-norm attention + GLU feed-forward layers, rotary

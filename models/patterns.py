@@ -11,7 +11,7 @@ local model over a frame), from the codes of earlier slots of the same step.
 - `parallel`: step s holds all K codes of frame s, predicted together: F steps.
 - `frames`: `parallel`'s steps with the K codes of a frame predicted one after another
   (MegaByte: a global model over frames, a local model inside each).
-- `stages`: VALL-E: codebook 0 frame by frame (F steps), then each higher codebook for every
+- `stages`: VALL-E: codebook 1 frame by frame (F steps), then each higher codebook for every
   frame at once (K - 1 steps of F slots).
 
 `build` turns codes [B, K, F] into the step layout [B, W, S] and `revert` turns it back;

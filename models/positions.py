@@ -5,10 +5,11 @@ default); the phoneme -> frame alignment must then be found from content alone.
 
 `model.positions = "aligned"`, `model.phoneme_stride = s`: the query that predicts audio frame f
 sits at position f and phoneme i of the text (counted from its first real phoneme) at
-(i + 1/2) * s. With s = the corpus's mean frames per phoneme (experiments/run.py measures it on
-the training split), the expected alignment is relative position 0, which rotary attention can
-find at once; the model still learns each utterance's own timing from content. Backends lay out
-their audio tokens so that a token's position is the frame its successor's prediction is about:
+(i + 1/2) * s. With s = the corpus's mean frames per phoneme (experiments/presets.py `resolve`
+measures it on the training split), the expected alignment is relative position 0, which
+rotary attention can find at once; the model still learns each utterance's own timing from
+content. Backends lay out their audio tokens so that a token's position is the frame its
+successor's prediction is about:
 
 - one token per frame after a start token (MegaByte's global model, VALL-E's AR, delay's steps):
   start at 0, frame f's token at f + 1;

@@ -44,6 +44,7 @@ BAD = [  # (extra arguments, what the one line must say)
     (["data.max_phonemes=1"], "the train split is empty after the length filters"),
     (["data.max_phonemes=1", "model.positions=aligned"], "leave no training utterance"),
     (["train.seed=-1"], "train.seed=-1: expected an integer seed"),
+    (["train.seed=1"], "train.seed=1 differs from the run's seed 0: set every seed with --seed 1"),
     (["generate.sampling.seed=4294967296"], "generate.sampling.seed=4294967296"),
 ]
 

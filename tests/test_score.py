@@ -141,6 +141,27 @@ def check_in_browser(page: Path, *, audio: int) -> None:
             }))).then(done);
         """)
         assert len(durations) == audio and all(d > 0 for d in durations), durations
+        # read at a glance, on a laptop and on a phone: the headline comes first, nothing is
+        # wider than the window (wide tables scroll inside their own boxes), every sentence
+        # shows its reference text above a grid of cards
+        assert browser.execute_script("return document.querySelector('h2').textContent") == (
+            "Headline"
+        )
+        for width in (1280, 390):
+            browser.set_window_size(width, 900)
+            inner, page_width = browser.execute_script(
+                "return [window.innerWidth, document.documentElement.scrollWidth]"
+            )
+            assert page_width <= inner, (width, page_width, inner)
+            if width == 1280:
+                fits = browser.execute_script(
+                    "const h = document.getElementById('headline');"
+                    "return h.scrollWidth <= h.clientWidth"
+                )
+                assert fits, "the headline table needs no scrolling at 1280 px"
+        refs = browser.execute_script("return document.querySelectorAll('.sentence .ref').length")
+        cards = browser.execute_script("return document.querySelectorAll('.card').length")
+        assert refs >= 1 and cards >= 3 * refs
     finally:
         browser.quit()
 
