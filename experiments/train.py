@@ -246,6 +246,12 @@ def loader_over(ds, cfg: TrainConfig, *, shuffle: bool, micro_batch: int | None 
     return sampler, loader
 
 
+def _say(message: str) -> None:
+    """One line on stderr, from the main process only."""
+    if dist.is_main():
+        print(message, file=sys.stderr, flush=True)
+
+
 class Interrupted(SystemExit):
     """Training stopped by SIGINT / SIGTERM after writing a checkpoint (exit 128 + signal)."""
 
@@ -449,13 +455,10 @@ class Trainer:
         """Write a checkpoint of this step, say where, and exit (128 + signal number)."""
         self._checkpoint(best=False)
         name = signal.Signals(self.signal).name
-        if dist.is_main():
-            print(
-                f"\n{name} at step {self.step}: checkpoint written to "
-                f"{self.run.checkpoint('last')}; run the same command to resume",
-                file=sys.stderr,
-                flush=True,
-            )
+        _say(
+            f"\n{name} at step {self.step}: checkpoint written to "
+            f"{self.run.checkpoint('last')}; run the same command to resume"
+        )
         raise Interrupted(128 + int(self.signal))
 
     def _progress(self) -> tqdm:
@@ -479,13 +482,10 @@ class Trainer:
         (all-reduced) loss, so every rank stops."""
         last = self.run.checkpoint("last")
         where = f"the last good checkpoint is {last}" if last.is_file() else "no checkpoint yet"
-        if dist.is_main():
-            print(
-                f"error: training loss is {loss} at step {self.step} ({where}); lower train.lr "
-                f"or check the data, and train in another --out than {self.run.path}",
-                file=sys.stderr,
-                flush=True,
-            )
+        _say(
+            f"error: training loss is {loss} at step {self.step} ({where}); lower train.lr "
+            f"or check the data, and train in another --out than {self.run.path}"
+        )
         raise NonFiniteLoss(1)
 
     def fit(self) -> dict:

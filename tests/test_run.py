@@ -25,6 +25,21 @@ def data_root(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
+def tiny_split(data_root: Path, split: str):
+    """One split of the tiny preset's dataset, with the preset's length filters."""
+    from phonelm.dataset import CodeDataset
+
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    return CodeDataset(
+        prepared.cache_dir,
+        split,
+        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
+        max_phonemes=cfg.data.max_phonemes,
+    )
+
+
 def tiny_args(model: str, out: Path, data_root: Path, *extra: str) -> list[str]:
     return [
         "--model",
@@ -137,20 +152,10 @@ def test_a_model_k_other_than_the_codecs_is_an_error(tmp_path, data_root, capsys
 
 
 def test_aligned_positions_take_the_training_splits_frames_per_phoneme(tmp_path, data_root):
-    from phonelm.dataset import CodeDataset
-
     (result,) = run(tiny_args("megabyte", tmp_path, data_root, "model.positions=aligned"))
     run_dir = tmp_path / "megabyte-tiny-seed0"
     saved = json.loads((run_dir / "config.json").read_text())["model"]
-    cfg = preset("tiny", "megabyte")
-    cfg.data.root = str(data_root)
-    prepared = prepare(cfg.data, cfg.codec, progress=False)
-    train = CodeDataset(
-        prepared.cache_dir,
-        "train",
-        max_frames=int(cfg.data.max_seconds * prepared.codec.frame_rate),
-        max_phonemes=cfg.data.max_phonemes,
-    )
+    train = tiny_split(data_root, "train")
     lengths = [len(train[i].phonemes) for i in range(len(train))]
     expected = sum(train.frame_lengths) / sum(lengths)
     assert saved["positions"] == "aligned" and saved["phoneme_stride"] == round(expected, 4)
@@ -385,3 +390,15 @@ def test_the_novel_condition_generates_the_held_out_words_split(tmp_path, data_r
     assert exit_info.value.code == 2
     assert "no 'novel' utterances" in capsys.readouterr().err
     assert not (tmp_path / "none").exists()
+
+
+def test_a_screen_on_valid_never_reads_the_test_split(tmp_path, data_root):
+    """generate.split=valid: held-out bits, text reliance and the samples all come from
+    `valid` (choose on valid, report on test)."""
+
+    [result] = run(tiny_args("megabyte", tmp_path, data_root, "generate.split=valid"))
+    assert result["eval_split"] == "valid"
+    valid = tiny_split(data_root, "valid")
+    assert result["test"]["codes"] == 2 * sum(valid.frame_lengths)  # K = 2 codes a frame
+    samples = tmp_path / "megabyte-tiny-seed0" / "samples" / "generation.jsonl"
+    assert {json.loads(x)["id"] for x in samples.open()} <= set(valid.ids)
