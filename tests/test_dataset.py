@@ -165,7 +165,8 @@ def test_distributed_ranks_get_disjoint_equal_shares():
 def test_manifest_is_json_with_split_hours(ljspeech_fixture, tmp_path):
     prepared = prepare(config(ljspeech_fixture, tmp_path), CODEC, progress=False)
     m = json.loads((prepared.cache_dir / "manifest.json").read_text())
-    assert set(m["hours"]) == {"train", "valid", "test"}
+    assert set(m["hours"]) == {"train", "valid", "test", "novel"}
+    assert m["utterances"]["novel"] == 0  # LJSpeech names no novel split (no splits.csv)
     assert 0 < sum(m["hours"].values()) < 0.01
 
 

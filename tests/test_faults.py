@@ -26,6 +26,10 @@ def data_root(tmp_path_factory) -> Path:
     return root
 
 
+class Killed(BaseException):
+    """A kill, in process: nothing the run catches (a real SIGKILL ends it the same way)."""
+
+
 def tiny(out: Path, data_root: Path, *extra: str, model: str = "delay") -> list[str]:
     return ["--model", model, "--preset", "tiny", "--out", str(out), "--steps", "6", "--set",
             f"data.root={data_root}", "generate.limit=2", "generate.max_seconds=1.0",
@@ -123,11 +127,11 @@ def test_a_kill_between_the_checkpoint_writes_leaves_the_result_unchanged(
 
     def killed(self, name, state):
         if name == when and state["step"] == 6:
-            raise KeyboardInterrupt  # as a SIGKILL would, mid-write: nothing replaced
+            raise Killed  # as a SIGKILL would, mid-write: nothing replaced
         return real_save(self, name, state)
 
     monkeypatch.setattr(RunDir, "save_checkpoint", killed)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         run(tiny(tmp_path / "b", data_root))
     monkeypatch.setattr(RunDir, "save_checkpoint", real_save)
     [again] = run(tiny(tmp_path / "b", data_root))
@@ -212,12 +216,12 @@ def test_scoring_names_a_damaged_file_skips_that_run_and_scores_the_rest(tmp_pat
 def test_a_checkpoint_resumes_only_the_settings_it_was_trained_with(tmp_path, data_root, capsys):
     """config.json deleted, then the command with another learning rate: refused (the
     checkpoint's own config decides), not continued under a config.json that lies."""
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Killed):
         real = train_module.Trainer._train_step
 
         def stop_at_4(self, batches):
             if self.step == 4:
-                raise KeyboardInterrupt
+                raise Killed
             return real(self, batches)
 
         train_module.Trainer._train_step = stop_at_4
