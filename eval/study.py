@@ -189,13 +189,17 @@ def render(root: str | Path) -> str:
     for (group, condition), block in runs.groupby(["group", "condition"], sort=True):
         first = block.iloc[0]
         split = first["split"]
-        scored_with = refs[
-            (refs["k"] == first["k"])
-            & (refs["split"] == split)
-            & refs["scored_in"].map(
-                lambda where, g=group: where == "." or g.startswith(f"{where}/")
-            )
-        ]
+        scored_with = (
+            refs
+            if refs.empty
+            else refs[  # references not scored yet: none
+                (refs["k"] == first["k"])
+                & (refs["split"] == split)
+                & refs["scored_in"].map(
+                    lambda where, g=group: where == "." or g.startswith(f"{where}/")
+                )
+            ]
+        )
         here = per_utt[(per_utt["group"] == group) & (per_utt["condition"] == condition)]
         md += [
             f"\n#### `{group}`: K = {int(first['k'])}, {first['budget_flops']:.2g} FLOPs, "
