@@ -8,7 +8,9 @@ recorded with every score (`Asr.describe()`), since WERs from different engines 
 not comparable.
 """
 
+import io
 import os
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from phonelm.audio import conform
+from phonelm.config import project_path
 from phonelm.io import file_digest, write_with
 
 WHISPER_RATE = 16_000
@@ -90,9 +93,16 @@ def _converted(name: str, cache_dir: Path) -> Path | None:
     if not path.is_file():
         from eval.whisper_ct2 import convert
 
-        checkpoint = convert(parts)
-        write_with(path, lambda tmp: torch.save(checkpoint, tmp))
+        buffer = io.BytesIO()  # saved to a file, torch names the archive after the (temp) file:
+        torch.save(convert(parts), buffer)  # in memory it is the same bytes, so the same sha
+        write_with(path, lambda tmp: tmp.write_bytes(buffer.getvalue()))
     return path
+
+
+def _is_converted(source, cache_dir) -> bool:
+    """Whether `source` is a checkpoint this module converted into `cache_dir`."""
+    path = Path(str(source))
+    return path.parent == project_path(cache_dir) and path.name.startswith("whisper-")
 
 
 def find_weights(name: str, *, weights: str | None = None, cache_dir: str | Path = "data/asr"):
@@ -103,7 +113,7 @@ def find_weights(name: str, *, weights: str | None = None, cache_dir: str | Path
         return Path(weights), f"checkpoint {weights}"
     if (cached := _whisper_cache(name)) is not None:
         return cached, f"openai-whisper cache {cached}"
-    if (converted := _converted(name, Path(cache_dir))) is not None:
+    if (converted := _converted(name, project_path(cache_dir))) is not None:
         return converted, f"{_shipped_by(name)} (CTranslate2, converted to openai-whisper)"
     return name, "openai-whisper download"
 
@@ -124,7 +134,17 @@ class Asr:
 
         source, described = find_weights(model, weights=weights, cache_dir=cache_dir)
         try:
-            self.model = whisper.load_model(str(source), device=device)
+            try:
+                self.model = whisper.load_model(str(source), device=device)
+            except Exception as err:
+                if not _is_converted(source, cache_dir):
+                    raise
+                # our own converted copy, damaged (a kill, a full disk): named, made again
+                print(f"warning: {source} is damaged ({' '.join(str(err).split())[:200]}); "
+                      "converting it again", file=sys.stderr)  # fmt: skip
+                Path(source).unlink()
+                source, described = find_weights(model, weights=weights, cache_dir=cache_dir)
+                self.model = whisper.load_model(str(source), device=device)
         except Exception as err:
             reason = " ".join(str(err).split())[:200]  # one line, whatever the library said
             raise AsrError(

@@ -255,7 +255,7 @@ def run_row(run: Run, scores: dict) -> dict:
     return row
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def _arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("results", nargs="?", default="results")
     ap.add_argument("--asr", default="tiny.en")
@@ -266,12 +266,19 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         help="a second Whisper model (e.g. base) transcribing the same audio: its WER is "
         "reported beside the first's, with the rank agreement of the two (eval/study.py)",
     )
-    ap.add_argument("--data-root", default="data", help="where converted ASR weights are cached")
+    ap.add_argument(
+        "--data-root",
+        default="data",
+        help="where converted ASR weights are cached (relative: to the project, as data.root)",
+    )
     ap.add_argument("--force", action="store_true", help="rescore runs already scored")
     ap.add_argument("--report-sentences", type=int, default=10)
-    args = ap.parse_args(argv)
-    out = Path(args.results)
-    runs, problems = [], []
+    return ap
+
+
+def _runs(out: Path, problems: list[str]) -> list[Run]:
+    """Every run under `out` with complete outputs; the others are named and skipped."""
+    runs = []
     for path in find_runs(out):
         try:
             runs += load_runs(path, out)
@@ -280,28 +287,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             print(f"skipped: {err}", file=sys.stderr)
     if not runs:
         sys.exit(f"no complete run directories under {out} ({len(problems)} skipped)")
-    try:
-        asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.data_root) / "asr")
-        second = (
-            Asr(args.second_asr, cache_dir=Path(args.data_root) / "asr")
-            if args.second_asr
-            else None
-        )
-    except AsrError as err:  # weights that cannot be had: one line, how to get them
-        ap.exit(1, f"{ap.prog}: error: {err}\n")
-    key = digest(SCORE_VERSION, asr.describe(), second.describe() if second else None)
-    scores, damaged = {}, []
+    return runs
+
+
+def _score_runs(runs: list[Run], asr, second, key: str, force: bool, problems: list[str]):
+    """-> (the runs that scored, their scores by run name); a damaged run is named, skipped."""
+    scores = {}
     for run in runs:
         try:
-            scores[run.name] = score_run(run, asr, key, args.force, second)
+            scores[run.name] = score_run(run, asr, key, force, second)
         except (RunError, RunDirError, CodecError) as err:  # this run only: score the rest
             problems.append(f"{run.path}: {err}")
             print(f"skipped: {run.path}: {err}", file=sys.stderr)
-            damaged.append(run)
-    runs = [run for run in runs if run not in damaged]
-    if not runs:
-        sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")
-    references = score_references(runs, asr, key, out, args.force, second)
+    return [run for run in runs if run.name in scores], scores
+
+
+def _tables(runs: list[Run], scores: dict, references: dict, asr) -> tuple:
+    """-> (one row per run and reference row, one row per scored utterance)."""
     rows = [run_row(run, scores[run.name]) for run in runs]
     for ref in references.values():
         for name, block in ref["rows"].items():
@@ -324,26 +326,46 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             for u in scores[run.name]["utterances"]
         ]
     )
+    return table, per_utt
+
+
+def score_all(args) -> pd.DataFrame:
+    out, problems = Path(args.results), []
+    runs = _runs(out, problems)
+    cache = Path(args.data_root) / "asr"
+    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=cache)
+    second = Asr(args.second_asr, cache_dir=cache) if args.second_asr else None
+    key = digest(SCORE_VERSION, asr.describe(), second.describe() if second else None)
+    runs, scores = _score_runs(runs, asr, second, key, args.force, problems)
+    if not runs:
+        sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")
+    references = score_references(runs, asr, key, out, args.force, second)
+    table, per_utt = _tables(runs, scores, references, asr)
     write_text(out / "summary.csv", table.to_csv(index=False))
     from eval.report import write_report
 
+    tests = {
+        "utterances": utterance_tests(per_utt),
+        "seeds": seed_tests(table[table["preset"].notna()]),  # per condition
+        "intervals": backend_intervals(per_utt),
+        "effects": pairwise_effects(per_utt),
+    }
     write_report(
-        out,
-        table,
-        per_utt,
-        runs,
-        references,
-        {
-            "utterances": utterance_tests(per_utt),
-            "seeds": seed_tests(table[table["preset"].notna()]),  # per condition
-            "intervals": backend_intervals(per_utt),
-            "effects": pairwise_effects(per_utt),
-        },
-        problems,
-        sentences=args.report_sentences,
+        out, table, per_utt, runs, references, tests, problems, sentences=args.report_sentences
     )
     print((out / "summary.md").read_text())
     return table
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = _arguments()
+    args = ap.parse_args(argv)
+    try:
+        return score_all(args)
+    except AsrError as err:  # weights that cannot be had: one line, how to get them
+        ap.exit(1, f"{ap.prog}: error: {err}\n")
+    except OSError as err:  # a read-only results folder, a full disk: nothing half-written
+        ap.exit(1, f"{ap.prog}: error: cannot write the scores ({err})\n")
 
 
 if __name__ == "__main__":

@@ -106,8 +106,9 @@ def run_config(args, model: str) -> RunConfig:
         "max_minutes": args.max_minutes,
     }
     extra = [f"train.{key}={value}" for key, value in flags.items() if value is not None]
-    if args.corpus is not None:
-        extra.append(f"data.corpus={args.corpus}")
+    if args.corpus is not None:  # a path on the command line means the working directory's
+        named = args.corpus in ("embedded", "ljspeech")
+        extra.append(f"data.corpus={args.corpus if named else Path(args.corpus).resolve()}")
     return apply(cfg, extra + list(args.set))
 
 
@@ -452,7 +453,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results = [run_one(args, m) for m in models]
     except ConfigError as err:  # a usage error: exit 2, one line, no traceback
         ap.exit(2, f"{ap.prog}: error: {err}\n")
-    except (RunDirError, CorpusError, CodecError, TextError) as err:  # a bad file: exit 1
+    except (RunDirError, CorpusError, CodecError, TextError, OSError) as err:  # a file: exit 1
         ap.exit(1, f"{ap.prog}: error: {err}\n")
     except (KeyboardInterrupt, Terminated) as err:  # outside training (which checkpoints)
         signum = err.signum if isinstance(err, Terminated) else signal.SIGINT

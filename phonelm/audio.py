@@ -38,4 +38,7 @@ def conform(wav: torch.Tensor, sr: int, target_sr: int) -> torch.Tensor:
 def save_audio(path: str | os.PathLike, wav: torch.Tensor, sr: int) -> None:
     """Atomically write mono wav [T] as 16-bit PCM."""
     data = wav.detach().float().clamp(-1.0, 1.0).cpu().numpy()
-    write_with(path, lambda tmp: sf.write(str(tmp), data, sr, subtype="PCM_16", format="WAV"))
+    try:
+        write_with(path, lambda tmp: sf.write(str(tmp), data, sr, subtype="PCM_16", format="WAV"))
+    except sf.LibsndfileError as err:  # how libsndfile says "disk full": "System error"
+        raise OSError(f"cannot write {path} ({err})") from err

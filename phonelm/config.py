@@ -1,6 +1,8 @@
 """Typed configs for the data pipeline (corpus, codec, cache, batching)."""
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from phonelm.corpus import EmbeddedSettings
 
@@ -17,7 +19,7 @@ class CodecConfig:
 @dataclass
 class DataConfig:
     corpus: str = "embedded"  # "embedded" | "ljspeech" (download) | path to an LJSpeech layout
-    root: str = "data"  # corpora, fitted codecs and dataset caches live here
+    root: str = "data"  # corpora, fitted codecs and dataset caches; relative: to the project
     embedded: EmbeddedSettings = field(default_factory=EmbeddedSettings)
     valid_fraction: float = 0.05
     test_fraction: float = 0.05
@@ -25,6 +27,30 @@ class DataConfig:
     shard_size: int = 256  # utterances per cache shard (the unit of resumption)
     max_seconds: float = 15.0  # utterances longer than this are filtered out (counted)
     max_phonemes: int = 400
+
+
+# The checkout this package lives in (its pyproject.toml beside the package); an installed copy
+# has none, and its relative data paths mean the working directory's.
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def project_path(path: str | os.PathLike) -> Path:
+    """`path` as the pipeline reads it: absolute as given; relative to the project's checkout
+    (not the working directory), so that `data` is the same folder wherever a script is started
+    and a run's saved `data.root` finds the data it was made from."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or not (PROJECT / "pyproject.toml").is_file():
+        return path
+    return PROJECT / path
+
+
+def shown_path(path: Path) -> str:
+    """`path` relative to the project when inside it (how manifests record it: the same on
+    every machine), else absolute."""
+    try:
+        return str(Path(path).resolve().relative_to(PROJECT))
+    except ValueError:
+        return str(path)
 
 
 class ConfigFileError(ValueError):

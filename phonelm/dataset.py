@@ -7,6 +7,7 @@ atomically and skipped when present, so an interrupted build resumes where it st
 """
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from phonelm.audio import conform, load_audio
 from phonelm.codecs import Codec, build_codec
-from phonelm.config import CodecConfig, DataConfig
+from phonelm.config import CodecConfig, DataConfig, project_path, shown_path
 from phonelm.corpus import (
     SPLITS,
     Corpus,
@@ -27,14 +28,14 @@ from phonelm.corpus import (
     download_ljspeech,
     read_ljspeech,
 )
-from phonelm.io import digest, write_json, write_with
+from phonelm.io import digest, remove_stale_temps, write_json, write_with
 from phonelm.text import Phonemizer, TextError
 
 DATASET_VERSION = 1
 
 
 def open_corpus(cfg: DataConfig) -> Corpus:
-    root = Path(cfg.root)
+    root = project_path(cfg.root)
     if cfg.corpus == "embedded":
         return build_embedded(root, cfg.embedded)
     if cfg.corpus == "ljspeech":
@@ -72,7 +73,7 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Cod
         return codec
     train = [u for u in corpus.items if split_for(cfg, corpus, u) == "train"]
     path = (
-        Path(cfg.root)
+        project_path(cfg.root)
         / "codecs"
         / (
             f"{codec.name}-{digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds)}"
@@ -80,8 +81,12 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Cod
         )
     )
     if path.is_file():
-        codec.load(path)
-        return codec
+        try:
+            codec.load(path)
+            return codec
+        except Exception as err:  # noqa: BLE001 - any unreadable state: fit it again
+            warn_damaged(path, err)
+            codec = build_codec(codec_cfg)
     wavs, seconds = [], 0.0
     for u in train:
         if seconds >= cfg.fit_seconds:
@@ -120,17 +125,18 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
         cfg.test_fraction,
         cfg.shard_size,
     )
-    cache_dir = Path(cfg.root) / "cache" / key
+    cache_dir = project_path(cfg.root) / "cache" / key
     manifest_path = cache_dir / "manifest.json"
-    if manifest_path.is_file():
-        return Prepared(cache_dir, codec, json.loads(manifest_path.read_text()))
     items = sorted(corpus.items, key=lambda u: u.id)
     shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    if (manifest := _intact_manifest(manifest_path, len(shards))) is not None:
+        return Prepared(cache_dir, codec, manifest)
+    remove_stale_temps(cache_dir)
     start = time.perf_counter()
     bar = tqdm(total=len(items), desc="dataset cache", unit="utt", disable=not progress)
     for index, shard in enumerate(shards):
         path = cache_dir / f"shard-{index:05d}.safetensors"
-        if not path.is_file():
+        if not _intact_shard(path):
             _write_shard(path, shard, [split_for(cfg, corpus, u) for u in shard], codec, phonemizer)
         bar.update(len(shard))
     bar.close()
@@ -143,7 +149,7 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
             counts[split] += 1
     manifest = {
         "version": DATASET_VERSION,
-        "corpus": str(corpus.root),
+        "corpus": shown_path(corpus.root),
         "corpus_fingerprint": corpus.fingerprint(),
         "codec": codec.settings(),
         "codec_identity": codec.identity(),
@@ -184,6 +190,48 @@ def _write_shard(path: Path, shard, shard_splits, codec: Codec, phonemizer: Phon
     }
     meta = {"ids": ids, "splits": splits, "seconds": seconds, "skipped": skipped}
     write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)}))
+
+
+def warn_damaged(path: Path, err: Exception) -> None:
+    reason = " ".join(str(err).split())[:200]
+    print(f"warning: {path} is damaged ({reason}); making it again", file=sys.stderr)
+
+
+def _intact_shard(path: Path) -> bool:
+    """Whether the shard at `path` exists and reads (header, metadata, every tensor's bytes:
+    safetensors refuses a file its header does not exactly cover). A damaged one is named,
+    removed and built again: shards are derived files, the same from the same corpus."""
+    if not path.is_file():
+        return False
+    try:
+        meta = _shard_meta(path)
+        if not isinstance(meta, dict) or not isinstance(meta.get("ids"), list):
+            raise ValueError("its metadata is not a shard's")
+    except Exception as err:  # noqa: BLE001 - empty, truncated, garbage: all the same here
+        warn_damaged(path, err)
+        path.unlink()
+        return False
+    return True
+
+
+def _intact_manifest(path: Path, n_shards: int) -> dict | None:
+    """The cache's manifest if it and every shard it lists are intact, else None (the damaged
+    file named, the cache then completed again around its intact shards)."""
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or manifest.get("shards") != n_shards:
+            raise ValueError(f"expected a JSON object listing {n_shards} shards")
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        warn_damaged(path, err)
+        path.unlink()
+        return None
+    shard_paths = [path.parent / f"shard-{i:05d}.safetensors" for i in range(n_shards)]
+    if not all([_intact_shard(p) for p in shard_paths]):  # every one checked, named, removed
+        path.unlink()
+        return None
+    return manifest
 
 
 def _offsets(lengths: list[int]) -> torch.Tensor:

@@ -25,6 +25,23 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def remove_stale_temps(folder: str | os.PathLike, *, older_than: float = 3600.0) -> list[Path]:
+    """Remove the temporary files of atomic writes under `folder` that a killed process left
+    (a kill skips the cleanup), last modified over `older_than` seconds ago: a write in
+    progress in another process is younger. -> the removed files."""
+    import time
+
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp") if Path(folder).is_dir() else ():
+        try:
+            if tmp.is_file() and time.time() - tmp.stat().st_mtime >= older_than:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:  # another process finished or removed it meanwhile
+            continue
+    return removed
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -33,7 +33,7 @@ from safetensors import SafetensorError
 
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig, ConfigFileError, from_dict
-from phonelm.io import write_text, write_with
+from phonelm.io import remove_stale_temps, write_text, write_with
 
 
 class RunDirError(ValueError):
@@ -136,6 +136,11 @@ class RunDir:
                 f"{self.path} is in use by another process (the same run started twice?): "
                 "wait for it to end, or use another --out"
             ) from None
+        # held: whatever a killed process of this run left half-written goes (it is never
+        # read: every write is a temp file renamed, a checkpoint `.new` until verified)
+        remove_stale_temps(self.path, older_than=0)
+        for stale in self.path.joinpath("checkpoints").glob("*.new.pt"):
+            stale.unlink()
         try:
             yield
         finally:
