@@ -27,6 +27,7 @@ import functools
 import itertools
 import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
 
 import torch
 
@@ -35,10 +36,12 @@ from experiments.train import TrainConfig
 from models.base import ModelConfig
 from models.blocks import CODE_DROPOUT_UNITS
 from models.registry import BACKENDS, build_backend
+from phonelm.codecs import CODECS, CodecError, codec_class
 from phonelm.codecs.encodec import BANDWIDTHS
-from phonelm.config import CodecConfig, DataConfig
+from phonelm.config import CodecConfig, DataConfig, project_path
 from phonelm.corpus import SPLITS, EmbeddedSettings
 from phonelm.dataset import CodeDataset
+from phonelm.espeak import has_voice
 from phonelm.run_dir import CONDITIONS, TTS
 from phonelm.sampling import GroupSampling, Sampling
 from phonelm.text import VOCAB
@@ -173,8 +176,17 @@ _CHECKS = [
     *((f"train.{f}", _positive, "a number > 0") for f in
       ("lr", "budget_flops", "max_minutes", "grad_clip")),
     ("train.warmup_steps", lambda v: v >= 0, "an integer >= 0"),
+    ("train.weight_decay", lambda v: v >= 0, "a number >= 0"),
+    *((f"train.{f}", lambda v: 0 <= v < 1, "a number in [0, 1)") for f in ("beta1", "beta2")),
+    ("train.num_workers", lambda v: v >= 0, "an integer >= 0 (0: load in the main process)"),
     ("train.prompt_fraction", lambda v: 0 <= v <= 1, "a share in [0, 1]"),
     ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("data.embedded.n_sentences", lambda v: v >= 20, "an integer >= 20 (three splits)"),
+    ("data.embedded.n_novel", lambda v: v >= 0, "an integer >= 0 (0: no novel split)"),
+    ("data.embedded.rate", lambda v: 80 <= v <= 450, "espeak-ng words per minute in [80, 450]"),
+    ("data.embedded.sample_rate", lambda v: v >= 8000, "an integer rate in Hz >= 8000"),
+    ("data.fit_seconds", _positive, "a number of seconds > 0"),
+    ("data.shard_size", _at_least_one, "an integer >= 1"),
     ("data.max_seconds", _positive, "a number of seconds > 0"),
     ("data.max_phonemes", _at_least_one, "an integer >= 1"),
     *((f"data.{f}", lambda v: 0 < v < 0.5, "a fraction in (0, 0.5)") for f in
@@ -187,6 +199,9 @@ _CHECKS = [
     ("generate.conditions", lambda v: isinstance(v, list) and v and len(set(v)) == len(v)
      and set(v) <= set(CONDITIONS), f"a non-empty list of distinct names from {list(CONDITIONS)}"),
     ("generate.prompt_seconds", _positive, "a number of seconds > 0"),
+    ("generate.sampling.ras_window", _at_least_one, "an integer >= 1 (frames)"),
+    ("generate.sampling.ras_ratio", lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    ("codec.n_codebooks", _at_least_one, "an integer >= 1, or none for the codec's default"),
 ]  # fmt: skip
 
 
@@ -229,6 +244,41 @@ def check(cfg: RunConfig) -> None:
             GroupSampling(**asdict(getattr(cfg.generate.sampling, group)))
         except ValueError as err:
             raise ConfigError(f"generate.sampling.{group}: {err}") from err
+    _check_names(cfg)
+    _check_paths(cfg.data)
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """The preset, backend and codec a run names exist, and the codec can use its settings."""
+    if cfg.preset not in _MODELS:
+        raise ConfigError(f"preset={cfg.preset!r}: expected one of {sorted(_MODELS)} (--preset)")
+    if cfg.model.name not in BACKENDS:
+        raise ConfigError(f"model.name={cfg.model.name!r}: expected one of {sorted(BACKENDS)}")
+    if cfg.codec.name not in CODECS:
+        raise ConfigError(f"codec.name={cfg.codec.name!r}: expected one of {sorted(CODECS)}")
+    try:
+        codec_class(cfg.codec.name).check_config(cfg.codec)
+    except CodecError as err:
+        raise ConfigError(str(err)) from err
+    if cfg.data.corpus == "embedded" and not has_voice(cfg.data.embedded.voice):
+        raise ConfigError(
+            f"data.embedded.voice={cfg.data.embedded.voice!r}: espeak-ng has no such voice "
+            "(e.g. 'en-us', 'en-us+f3')"
+        )
+
+
+def _check_paths(data: DataConfig) -> None:
+    """A corpus folder that exists; a data root that is, or can become, a folder."""
+    if data.corpus not in ("embedded", "ljspeech") and not Path(data.corpus).is_dir():
+        raise ConfigError(
+            f"data.corpus={data.corpus!r}: no such folder; expected 'embedded', 'ljspeech' "
+            "(download) or an LJSpeech-layout folder (metadata.csv + wavs/)"
+        )
+    place = project_path(data.root)
+    while not place.exists():
+        place = place.parent
+    if not place.is_dir():
+        raise ConfigError(f"data.root={data.root!r}: {place} is a file, not a folder")
 
 
 def _check_sizes(cfg: RunConfig, codec) -> None:

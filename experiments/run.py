@@ -109,7 +109,13 @@ def run_config(args, model: str) -> RunConfig:
     if args.corpus is not None:  # a path on the command line means the working directory's
         named = args.corpus in ("embedded", "ljspeech")
         extra.append(f"data.corpus={args.corpus if named else Path(args.corpus).resolve()}")
-    return apply(cfg, extra + list(args.set))
+    cfg = apply(cfg, extra + list(args.set))
+    if cfg.model.name != model:  # the run directory is named by --model
+        raise ConfigError(
+            f"model.name={cfg.model.name!r} differs from --model {model}: choose the backend "
+            "with --model"
+        )
+    return cfg
 
 
 def with_new_defaults(saved: dict, current) -> dict:

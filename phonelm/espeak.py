@@ -48,6 +48,13 @@ def _library():
     return _state["lib"]
 
 
+def has_voice(voice: str) -> bool:
+    """Whether espeak-ng has `voice` (e.g. 'en-us', 'en-us+f3'); every utterance sets its
+    voice again, so asking changes nothing that is spoken."""
+    with _lock:
+        return _library().espeak_SetVoiceByName(voice.encode()) == 0
+
+
 def synthesize(
     text: str, *, voice: str = "en-us+f3", rate: int = 165, pitch: int = 50, seed: int = 0
 ):

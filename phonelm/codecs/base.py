@@ -27,6 +27,12 @@ class Codec(ABC):
     def from_config(cls, cfg) -> "Codec":
         """Build from a phonelm.config.CodecConfig."""
 
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        """CodecError naming a CodecConfig setting this codec cannot use, without building it
+        (a run checks every setting before anything is loaded or written)."""
+        return  # a codec with no settings of its own to check
+
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length

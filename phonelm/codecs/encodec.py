@@ -100,9 +100,32 @@ class EncodecCodec(Codec):
 
     @classmethod
     def from_config(cls, cfg) -> "EncodecCodec":
+        cls.check_config(cfg)
         return cls(
             weights=cfg.weights, bandwidth=cfg.bandwidth, n_codebooks=cfg.n_codebooks, seed=cfg.seed
         )
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        bandwidth, k = cfg.bandwidth, cfg.n_codebooks
+        if bandwidth is not None and float(bandwidth) not in BANDWIDTHS:
+            raise CodecError(
+                f"codec.bandwidth={bandwidth}: EnCodec's are {list(BANDWIDTHS)} kbps"
+            )
+        if bandwidth is not None and k is not None and k != BANDWIDTHS[float(bandwidth)]:
+            raise CodecError(
+                f"codec.bandwidth={bandwidth} kbps means {BANDWIDTHS[float(bandwidth)]} "
+                f"codebooks, not codec.n_codebooks={k}: set one of them"
+            )
+        if k is not None and k not in BANDWIDTHS.values():
+            raise CodecError(
+                f"codec.n_codebooks={k}: EnCodec has {sorted(BANDWIDTHS.values())} codebooks"
+            )
+        if cfg.weights not in ("pretrained", "random") and not Path(cfg.weights).is_file():
+            raise CodecError(
+                f"codec.weights={cfg.weights!r}: no such checkpoint; expected 'pretrained', "
+                "'random' or the path of a state-dict file such as encodec_24khz-d7cc33bc.th"
+            )
 
     def _build(self):
         model_cls = import_encodec().EncodecModel

@@ -111,9 +111,18 @@ class MelRvqCodec(Codec):
 
     @classmethod
     def from_config(cls, cfg) -> "MelRvqCodec":
+        cls.check_config(cfg)
+        return cls(n_codebooks=cfg.n_codebooks or 4, seed=cfg.seed)
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
         if cfg.bandwidth is not None:
             raise CodecError("mel-rvq takes codec.n_codebooks, not codec.bandwidth")
-        return cls(n_codebooks=cfg.n_codebooks or 4, seed=cfg.seed)
+        if cfg.weights != "pretrained":  # the field's default: mel-rvq is fitted, not loaded
+            raise CodecError(
+                f"codec.weights={cfg.weights!r}: mel-rvq has no weights (it is fitted on the "
+                "training split); codec.weights is EnCodec's setting"
+            )
 
     def settings(self) -> dict:
         return {
