@@ -33,6 +33,7 @@ from phonelm.audio import conform, load_audio, save_audio
 from phonelm.codecs import CodecError
 from phonelm.io import digest, write_json, write_text
 from phonelm.run_dir import NOVEL, RunDirError
+from phonelm.stopping import Terminated, sigterm_raises, stopped
 
 SCORE_VERSION = 3
 
@@ -243,7 +244,7 @@ def run_row(run: Run, scores: dict) -> dict:
         "bits_per_code": test["test"]["bits_per_code"],
         "bits_per_second": test["test"]["bits_per_code"] * k * test["frame_rate"],
         "stop_bits": test["test"]["stop_bits"],
-        # missing in runs made before it was measured (experiments/run.py text_reliance)
+        # missing in runs made before it was measured (experiments/held_out.py text_reliance)
         "text_reliance_bits": test["test"].get("text_reliance_bits"),
         "gen_rtf": run.generation_summary["real_time_factor"],
         "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
@@ -361,7 +362,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = _arguments()
     args = ap.parse_args(argv)
     try:
-        return score_all(args)
+        with sigterm_raises():
+            return score_all(args)
+    except (KeyboardInterrupt, Terminated) as err:
+        code, name = stopped(err)
+        ap.exit(code, f"{ap.prog}: {name}: stopped; every run scored so far keeps its scores "
+                "(cached in its directory): run the same command to go on\n")  # fmt: skip
     except AsrError as err:  # weights that cannot be had: one line, how to get them
         ap.exit(1, f"{ap.prog}: error: {err}\n")
     except OSError as err:  # a read-only results folder, a full disk: nothing half-written

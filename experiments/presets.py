@@ -58,7 +58,7 @@ class GenerateConfig:
     # `tts`: text alone; `continuation`: text after an acoustic prompt (VALL-E's zero-shot
     # setting). The prompt of a test utterance is the next utterance of the split, whole, that
     # is at most prompt_seconds long: its text is known, so the continued part says exactly the
-    # test sentence and is scored alone (experiments/run.py `continuation_prompts`).
+    # test sentence and is scored alone (experiments/generation.py `continuation_prompts`).
     conditions: list[str] = field(default_factory=lambda: [TTS])
     prompt_seconds: float = 3.0
 

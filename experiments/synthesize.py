@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
+from experiments.generation import guard_frames
 from experiments.presets import GenerateConfig
-from experiments.run import guard_frames
 from models.base import ModelConfig
 from models.registry import build_backend
 from phonelm.audio import load_audio, save_audio

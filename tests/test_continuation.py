@@ -92,8 +92,8 @@ def test_a_share_of_training_batches_get_leading_prompts():
 
 
 def test_continuation_prompts_take_the_next_short_utterance_never_its_own():
+    from experiments.generation import continuation_prompts
     from experiments.overrides import ConfigError
-    from experiments.run import continuation_prompts
 
     # frames per utterance of a split; at most 100 frames is a prompt
     ds = SimpleNamespace(ids=list("abcdef"), frame_lengths=[300, 80, 250, 90, 400, 0])

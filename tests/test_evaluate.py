@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from experiments.run import text_reliance
+from experiments.held_out import text_reliance
 from experiments.train import evaluate
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.registry import build_backend

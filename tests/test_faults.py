@@ -159,7 +159,7 @@ def test_an_offline_ljspeech_download_is_one_line_saying_what_to_do(tmp_path, mo
 def test_corpus_flag_names_the_corpus_the_user_prepared(tmp_path):
     import argparse
 
-    from experiments.run import run_config
+    from experiments.run_config import run_config
 
     corpus = str(tmp_path / "LJSpeech-1.1")
     flags = dict(steps=None, budget_flops=None, max_minutes=None)
@@ -293,3 +293,35 @@ def test_a_garbage_line_inside_metrics_is_a_bad_file_exit_1(tmp_path, data_root,
         run(tiny(tmp_path, data_root, "generate.limit=1"))  # generation settings may change
     assert exit_info.value.code == 1
     assert "metrics.jsonl:2 is not valid JSON" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("signum, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_during_scoring_stops_with_a_message_and_its_exit_code(
+    signum, code, tmp_path, data_root, capsys, monkeypatch
+):
+    """A real SIGTERM (or Ctrl-C) while a run is being scored: one message, exit 128 + signal,
+    no traceback; the same command then scores everything."""
+    import os
+    import signal
+
+    import eval.score as score_module
+
+    run(tiny(tmp_path, data_root, "generate.limit=1"))
+    real = score_module.score_run
+
+    def interrupted(*args, **kwargs):
+        if signum == "SIGINT":
+            raise KeyboardInterrupt  # how Python delivers Ctrl-C
+        os.kill(os.getpid(), getattr(signal, signum))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "score_run", interrupted)
+    argv = [str(tmp_path), "--data-root", str(data_root)]
+    with pytest.raises(SystemExit) as exit_info:
+        score_module.main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert f"{signum}: stopped" in err and "Traceback" not in err
+    monkeypatch.setattr(score_module, "score_run", real)
+    table = score_module.main(argv)
+    assert "delay-tiny-seed0" in set(table["run"])

@@ -184,14 +184,14 @@ def test_a_full_disk_during_generation_is_one_line_and_the_rerun_finishes(
             filled.append(_fill(small_disk))
         return real(path, wav, sr)
 
-    monkeypatch.setattr("experiments.run.save_audio", fill_first)
+    monkeypatch.setattr("experiments.generation.save_audio", fill_first)
     with pytest.raises(SystemExit) as exit_info:
         run(tiny(small_disk, data_root))
     assert exit_info.value.code == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert "cannot write" in err[-1] and ".wav" in err[-1] and "Traceback" not in "".join(err)
     filled[0].unlink()
-    monkeypatch.setattr("experiments.run.save_audio", real)
+    monkeypatch.setattr("experiments.generation.save_audio", real)
     [again] = run(tiny(small_disk, data_root))
     _same_as(straight, small_disk, again)
 
