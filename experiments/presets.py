@@ -329,6 +329,32 @@ def _resolve_stride(cfg: RunConfig, prepared) -> RunConfig:
     return replace(cfg, model=replace(cfg.model, phoneme_stride=stride))
 
 
+def check_builds(model, cfg: RunConfig) -> None:
+    """One forward pass of the built backend on a dummy utterance (3 phonemes, 4 frames), so
+    that shape settings which pass every range check but do not fit together (e.g.
+    model.dim_head above model.local_dim) fail here, before the run directory is written, not
+    at step 1. No random state is used up: the run's numbers are as without it."""
+    from phonelm.batching import collate
+    from phonelm.dataset import Item
+
+    k = cfg.model.n_codebooks
+    probe = Item("probe", torch.ones(3, dtype=torch.long), torch.zeros(k, 4, dtype=torch.long))
+    was_training = model.training
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        model.eval()
+        try:
+            model(collate([probe]))
+        except (RuntimeError, ValueError, IndexError) as err:
+            shape = {f: getattr(cfg.model, f) for f in ("dim", "dim_head", "local_dim", "depth")}
+            reason = " ".join(str(err).split())[:200]
+            raise ConfigError(
+                f"model settings {shape} do not fit together ({reason}): e.g. model.dim_head "
+                "must not exceed model.dim or model.local_dim"
+            ) from err
+        finally:
+            model.train(was_training)
+
+
 def resolve(cfg: RunConfig, prepared) -> RunConfig:
     """The settings a run takes from its prepared data (phonelm.dataset.Prepared): K from the
     codec, and the phoneme stride of aligned positions from the training split."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from experiments.generation import check_generation, generate_split
 from experiments.held_out import HeldOut
 from experiments.overrides import ConfigError
-from experiments.presets import RunConfig, check, resolve
+from experiments.presets import RunConfig, check, check_builds, resolve
 from experiments.provenance import environment
 from experiments.run_config import check_config, run_config
 from experiments.train import Trainer, seed_everything
@@ -57,6 +57,7 @@ def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) ->
     ConfigError, before the run directory is written), train, evaluate the best checkpoint on
     the generated split and generate."""
     model, rate = build_backend(cfg.model), prepared.codec.frame_rate
+    check_builds(model, cfg)
     params, non_embedding = model.num_params(), model.num_params(non_embedding=True)
     try:
         trainer = Trainer(

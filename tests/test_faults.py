@@ -325,3 +325,19 @@ def test_a_signal_during_scoring_stops_with_a_message_and_its_exit_code(
     monkeypatch.setattr(score_module, "score_run", real)
     table = score_module.main(argv)
     assert "delay-tiny-seed0" in set(table["run"])
+
+
+def test_shape_settings_that_do_not_fit_together_fail_before_the_run_directory(
+    tmp_path, data_root, capsys
+):
+    """model.dim_head=64 over the tiny preset's local_dim 32: every range check passes, and the
+    backend cannot run; one line, exit 2, nothing written, then the corrected command runs."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run(tiny(out, data_root, "model.dim=64", "model.dim_head=64", model="megabyte"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "do not fit together" in err[0], err
+    assert not out.exists()
+    [result] = run(tiny(out, data_root, "model.dim=64", model="megabyte"))
+    assert result["steps"] == 6
