@@ -6,9 +6,26 @@ script then uses DistributedDataParallel (gloo on CPU, nccl on CUDA).
 """
 
 import os
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# How long a collective waits for every rank. Rank 0 alone prepares the data and generates
+# the sentences while the others wait at a barrier: at LJSpeech scale that is hours, well past
+# the libraries' default (10 minutes for nccl, 30 for gloo). PHONELM_COLLECTIVE_TIMEOUT (s).
+DEFAULT_TIMEOUT_S = 6 * 3600
+
+
+def collective_timeout() -> timedelta:
+    raw = os.environ.get("PHONELM_COLLECTIVE_TIMEOUT", str(DEFAULT_TIMEOUT_S))
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"PHONELM_COLLECTIVE_TIMEOUT={raw!r}: expected seconds > 0")
+    return timedelta(seconds=seconds)
 
 
 def init() -> None:
@@ -17,7 +34,7 @@ def init() -> None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, timeout=collective_timeout())
 
 
 def world() -> int:

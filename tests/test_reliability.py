@@ -249,3 +249,24 @@ def test_the_documented_ddp_command_runs_with_two_processes(tmp_path, data_root)
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("non-embedding params, 2 steps") == 1  # only rank 0 prints
+
+
+def test_the_process_group_waits_hours_not_the_library_default(monkeypatch):
+    """Rank 0 prepares and generates alone while the others wait: the collective timeout is
+    6 hours unless PHONELM_COLLECTIVE_TIMEOUT says otherwise, and a bad value is refused."""
+    from datetime import timedelta
+
+    import phonelm.distributed as pd
+
+    seen = {}
+    monkeypatch.setattr(pd.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(pd.dist, "init_process_group", lambda **kw: seen.update(kw))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    pd.init()
+    assert seen["timeout"] == timedelta(hours=6) and seen["backend"] in ("gloo", "nccl")
+    monkeypatch.setenv("PHONELM_COLLECTIVE_TIMEOUT", "90")
+    pd.init()
+    assert seen["timeout"] == timedelta(seconds=90)
+    monkeypatch.setenv("PHONELM_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="PHONELM_COLLECTIVE_TIMEOUT='soon'"):
+        pd.init()
