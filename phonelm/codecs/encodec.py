@@ -109,9 +109,7 @@ class EncodecCodec(Codec):
     def check_config(cls, cfg) -> None:
         bandwidth, k = cfg.bandwidth, cfg.n_codebooks
         if bandwidth is not None and float(bandwidth) not in BANDWIDTHS:
-            raise CodecError(
-                f"codec.bandwidth={bandwidth}: EnCodec's are {list(BANDWIDTHS)} kbps"
-            )
+            raise CodecError(f"codec.bandwidth={bandwidth}: EnCodec's are {list(BANDWIDTHS)} kbps")
         if bandwidth is not None and k is not None and k != BANDWIDTHS[float(bandwidth)]:
             raise CodecError(
                 f"codec.bandwidth={bandwidth} kbps means {BANDWIDTHS[float(bandwidth)]} "
