@@ -111,11 +111,14 @@ class MelRvqCodec(Codec):
 
     @classmethod
     def from_config(cls, cfg) -> "MelRvqCodec":
-        cls.check_config(cfg)
+        if cfg.bandwidth is not None:
+            raise CodecError("mel-rvq takes codec.n_codebooks, not codec.bandwidth")
         return cls(n_codebooks=cfg.n_codebooks or 4, seed=cfg.seed)
 
     @classmethod
     def check_config(cls, cfg) -> None:
+        """A run's settings: codec.weights, EnCodec's, is refused too (tools that build every
+        codec from one config, like eval/codec_check.py, may leave it set)."""
         if cfg.bandwidth is not None:
             raise CodecError("mel-rvq takes codec.n_codebooks, not codec.bandwidth")
         if cfg.weights != "pretrained":  # the field's default: mel-rvq is fitted, not loaded
