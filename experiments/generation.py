@@ -74,8 +74,9 @@ def _settings(gen: GenerateConfig, condition: str) -> dict:
 
 
 def _finished(run: RunDir, samples: Samples, settings: dict) -> dict | None:
-    """The summary of samples already made with these settings, else None (any others, or a
-    damaged summary, are removed: they are made again)."""
+    """The summary of samples already made with these settings, else None. Samples made with
+    other settings (or a damaged summary) are removed; the finished batches of a generation
+    stopped midway with these settings are kept (`_Batches`)."""
     if samples.generation.is_file() and samples.summary.is_file():
         try:
             summary = run.read_json(samples.summary)
@@ -83,9 +84,46 @@ def _finished(run: RunDir, samples: Samples, settings: dict) -> dict | None:
             summary = {}
         if summary.get("generate") == settings:
             return summary
-    if samples.dir.is_dir():
+    if samples.dir.is_dir() and _Batches(run, samples).settings() != settings:
         shutil.rmtree(samples.dir)
     return None
+
+
+class _Batches:
+    """The finished batches of a generation in progress (samples/partial/): each batch's codes
+    and JSON lines, written once its wavs are, so that a stopped generation goes on from the
+    next batch. Each utterance's sampling is seeded by its id and batches are the same, so the
+    samples are bitwise those of an uninterrupted generation."""
+
+    def __init__(self, run: RunDir, samples: Samples):
+        self.run, self.dir = run, samples.dir / "partial"
+
+    def settings(self) -> dict | None:
+        try:
+            return self.run.read_json(self.dir / "settings.json")
+        except RunDirError:  # missing or damaged: nothing to go on from
+            return None
+
+    def begin(self, settings: dict) -> None:
+        if self.settings() != settings:
+            self.run.write_json(self.dir / "settings.json", settings)
+
+    def load(self, start: int) -> tuple[list[dict], dict] | None:
+        """-> (records, codes) of the batch at `start` if it was finished, else None."""
+        from safetensors.torch import load_file
+
+        try:
+            records = self.run.read_json(self.dir / f"{start:06d}.json")["records"]
+            return records, load_file(str(self.dir / f"{start:06d}.safetensors"))
+        except Exception:  # noqa: BLE001 - missing, torn or damaged: made again
+            return None
+
+    def save(self, start: int, records: list[dict], codes: dict) -> None:
+        atomic_save(self.dir / f"{start:06d}.safetensors", lambda tmp: save_file(codes, str(tmp)))
+        self.run.write_json(self.dir / f"{start:06d}.json", {"records": records})
+
+    def end(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class _Sentences:
@@ -163,17 +201,23 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, conditi
     settings = _settings(gen, condition)
     if (summary := _finished(run, samples, settings)) is not None:
         return summary
-    sentences = _Sentences(cfg, prepared, condition)
+    sentences, batches = _Sentences(cfg, prepared, condition), _Batches(run, samples)
+    batches.begin(settings)
     records, codes = [], {}
     model.eval()
     starts = range(0, len(sentences.ids), gen.batch_size)
     for start in tqdm(starts, desc=f"generate {condition}", unit="batch"):
-        chunk = sentences.ids[start : start + gen.batch_size]
-        for uid, n, out, guard, seconds in _batch(model, sentences, chunk, gen, device):
-            audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
-            save_audio(samples.wav(uid), audio, codec.sample_rate)
-            codes[uid] = out.codes.to(torch.int16).contiguous()
-            records.append(sentences.record(uid, n, out, guard, seconds))
+        if (done := batches.load(start)) is None:
+            chunk = sentences.ids[start : start + gen.batch_size]
+            done = [], {}
+            for uid, n, out, guard, seconds in _batch(model, sentences, chunk, gen, device):
+                audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
+                save_audio(samples.wav(uid), audio, codec.sample_rate)
+                done[1][uid] = out.codes.to(torch.int16).contiguous()
+                done[0].append(sentences.record(uid, n, out, guard, seconds))
+            batches.save(start, *done)
+        records += done[0]
+        codes.update(done[1])
     atomic_save(samples.codes, lambda tmp: save_file(codes, str(tmp)))
     audio_s = sum(r["audio_seconds"] for r in records)
     gen_s = sum(r["generate_seconds"] for r in records)
@@ -190,4 +234,5 @@ def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, conditi
     run.write_json(samples.summary, summary)
     lines = "".join(json.dumps(r) + "\n" for r in records)
     atomic_save(samples.generation, lambda tmp: tmp.write_text(lines))
+    batches.end()
     return summary

@@ -341,3 +341,44 @@ def test_shape_settings_that_do_not_fit_together_fail_before_the_run_directory(
     assert not out.exists()
     [result] = run(tiny(out, data_root, "model.dim=64", model="megabyte"))
     assert result["steps"] == 6
+
+
+def test_a_generation_stopped_midway_goes_on_from_its_finished_batches(
+    tmp_path, data_root, monkeypatch
+):
+    """Killed after two of the split's batches: the same command generates only the rest,
+    and the samples are bitwise those of an uninterrupted run."""
+    import experiments.generation as generation
+    from models.base import Backend
+
+    args = ("generate.split=train", "generate.limit=4", "generate.batch_size=1")
+    [straight] = run(tiny(tmp_path / "a", data_root, *args))
+    batches = straight["generation"]["tts"]["utterances"]
+    assert batches >= 3
+    real_save = generation.save_audio
+    saved = []
+
+    def killed_at_the_third(path, wav, sr):
+        if len(saved) == 2:
+            raise Killed
+        saved.append(path)
+        return real_save(path, wav, sr)
+
+    monkeypatch.setattr(generation, "save_audio", killed_at_the_third)
+    with pytest.raises(Killed):
+        run(tiny(tmp_path / "b", data_root, *args))
+    monkeypatch.setattr(generation, "save_audio", real_save)
+    calls = []
+    real_generate = Backend.generate
+
+    def counted(self, *a, **k):
+        calls.append(1)
+        return real_generate(self, *a, **k)
+
+    monkeypatch.setattr(Backend, "generate", counted)
+    run(tiny(tmp_path / "b", data_root, *args))
+    assert len(calls) == batches - 2  # the two finished batches were not generated again
+    a, b = (tmp_path / x / "delay-tiny-seed0" / "samples" for x in "ab")
+    assert (a / "codes.safetensors").read_bytes() == (b / "codes.safetensors").read_bytes()
+    ids = [[json.loads(line)["id"] for line in (d / "generation.jsonl").open()] for d in (a, b)]
+    assert ids[0] == ids[1] and not (b / "partial").exists()
