@@ -132,6 +132,8 @@ class Asr:
     ):
         import whisper
 
+        self.fp16 = torch.device(device).type == "cuda"  # Whisper's own choice on a GPU
+
         source, described = find_weights(model, weights=weights, cache_dir=cache_dir)
         try:
             try:
@@ -156,6 +158,10 @@ class Asr:
             ) from err
         sha = file_digest(source)[:16] if Path(str(source)).is_file() else "unknown"
         self.info = AsrInfo("openai-whisper", model, described, sha)
+        if self.fp16:  # another arithmetic, so other scores (a key of their own)
+            self.info = AsrInfo(
+                **{**self.info.__dict__, "decoding": f"{self.info.decoding}, fp16 on cuda"}
+            )
         self.english_only = model.endswith(".en")
 
     def describe(self) -> dict:
@@ -171,7 +177,7 @@ class Asr:
                 self.model,
                 audio,
                 language="en",
-                fp16=False,
+                fp16=self.fp16,
                 condition_on_previous_text=False,
                 verbose=None,
                 **DECODING,

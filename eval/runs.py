@@ -34,6 +34,7 @@ class Run:
     codes: dict[str, torch.Tensor]  # id -> [K, F]
     metrics: list[dict]  # metrics.jsonl
     group: str = "."  # the folder of runs it belongs to, relative to the scored root
+    device: str = "cpu"  # where its codec decodes
 
     @property
     def path(self) -> Path:
@@ -69,7 +70,7 @@ class Run:
 
     def codec(self) -> Codec:
         if "_codec" not in self.__dict__:
-            self.__dict__["_codec"] = self.dir.codec()
+            self.__dict__["_codec"] = self.dir.codec(self.device)
         return self.__dict__["_codec"]
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import soundfile as sf
+import torch
 
 from eval.asr import Asr, AsrError
 from eval.metrics import MCD_RATE, error_rates, mel_cepstral_distortion, normalize_transcript
@@ -272,9 +273,29 @@ def _arguments() -> argparse.ArgumentParser:
         default="data",
         help="where converted ASR weights are cached (relative: to the project, as data.root)",
     )
+    ap.add_argument(
+        "--device",
+        default="auto",
+        help="where Whisper listens and codecs decode: auto (cuda when there is one, Whisper "
+        "in fp16 there, a score cache of its own), cpu or cuda[:N]",
+    )
     ap.add_argument("--force", action="store_true", help="rescore runs already scored")
     ap.add_argument("--report-sentences", type=int, default=10)
     return ap
+
+
+def _device(name: str) -> str:
+    """--device: auto -> cuda when there is one, else cpu; a device torch does not have is a
+    usage error."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r}: {err}") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name!r}: this machine has no CUDA device")
+    return str(device)
 
 
 def _runs(out: Path, problems: list[str]) -> list[Run]:
@@ -331,11 +352,13 @@ def _tables(runs: list[Run], scores: dict, references: dict, asr) -> tuple:
 
 
 def score_all(args) -> pd.DataFrame:
-    out, problems = Path(args.results), []
+    out, problems, device = Path(args.results), [], args.device
     runs = _runs(out, problems)
+    for run in runs:
+        run.device = device
     cache = Path(args.data_root) / "asr"
-    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=cache)
-    second = Asr(args.second_asr, cache_dir=cache) if args.second_asr else None
+    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=cache, device=device)
+    second = Asr(args.second_asr, cache_dir=cache, device=device) if args.second_asr else None
     key = digest(SCORE_VERSION, asr.describe(), second.describe() if second else None)
     runs, scores = _score_runs(runs, asr, second, key, args.force, problems)
     if not runs:
@@ -361,6 +384,10 @@ def score_all(args) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = _arguments()
     args = ap.parse_args(argv)
+    try:
+        args.device = _device(args.device)
+    except ValueError as err:
+        ap.error(str(err))
     try:
         with sigterm_raises():
             return score_all(args)

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from experiments.overrides import ConfigError
-from experiments.train import TrainConfig
+from experiments.train import PRECISIONS, TrainConfig
 from models.base import ModelConfig
 from models.blocks import CODE_DROPOUT_UNITS
 from models.registry import BACKENDS, build_backend
@@ -181,6 +181,9 @@ _CHECKS = [
     ("train.num_workers", lambda v: v >= 0, "an integer >= 0 (0: load in the main process)"),
     ("train.prompt_fraction", lambda v: 0 <= v <= 1, "a share in [0, 1]"),
     ("train.min_lr_ratio", lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    ("train.precision", lambda v: v in PRECISIONS, f"one of {PRECISIONS}"),
+    ("train.checkpoint_every", lambda v: v >= 0, "an integer >= 0 (0: at evaluations only)"),
+    ("train.checkpoint_minutes", lambda v: v >= 0, "minutes >= 0 (0: at evaluations only)"),
     ("data.embedded.n_sentences", lambda v: v >= 20, "an integer >= 20 (three splits)"),
     ("data.embedded.n_novel", lambda v: v >= 0, "an integer >= 0 (0: no novel split)"),
     ("data.embedded.rate", lambda v: 80 <= v <= 450, "espeak-ng words per minute in [80, 450]"),

@@ -40,11 +40,7 @@ def run_one(args, model_name: str) -> dict:
     check(cfg)
     run = RunDir(Path(args.out) / f"{model_name}-{cfg.preset}-seed{cfg.seed}")
     seed_everything(cfg.seed)
-    if dist.is_main():
-        prepared = prepare(cfg.data, cfg.codec)
-    dist.barrier()
-    if not dist.is_main():
-        prepared = prepare(cfg.data, cfg.codec, progress=False)  # rank 0 built it: reuse
+    prepared = prepare(cfg.data, cfg.codec, device=dist.device())  # every rank a share
     cfg = resolve(cfg, prepared)
     check_generation(cfg, prepared)
     resolved = check_config(run, cfg)

@@ -1,10 +1,11 @@
 """The one trainer for every backend: same data, optimiser, schedule, logging and checkpoints.
 
 AdamW (weight decay on weight matrices and embeddings only), linear warmup + cosine decay to the
-end of the budget, gradient clipping, gradient accumulation from a global batch size, bf16
-autocast on CUDA and fp32 on CPU, periodic validation (loss and bits-per-code per codebook),
-metrics.jsonl + TensorBoard, atomic checkpoints that carry their config (last and best),
-resume from the run directory. Distributed with DistributedDataParallel under torchrun; only
+end of the budget, gradient clipping, gradient accumulation from a global batch size, a
+precision setting (bf16 autocast on CUDA and fp32 on CPU by default; fp16 with loss scaling),
+periodic validation (loss and bits-per-code per codebook), metrics.jsonl + TensorBoard, atomic
+checkpoints that carry their config (last and best; last also every N steps or minutes if
+asked), resume from the run directory. Distributed with DistributedDataParallel under torchrun; only
 rank 0 writes.
 
 Budgets: training ends at `steps` optimiser steps or `budget_flops` model FLOPs (counted by
@@ -62,11 +63,40 @@ class TrainConfig:
     # share of micro-batches whose utterances' leading 10-50% is an acoustic prompt, without
     # loss (VALL-E's continuation; phonelm/batching.py `Batch.with_prompts`); 0: none
     prompt_fraction: float = 0.0
+    # the training steps' arithmetic: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "bf16",
+    # "fp16" (autocast with loss scaling) or "fp32" (no autocast, and on CUDA no TF32 either;
+    # the others allow TF32 matmuls). Evaluation and generation run in fp32 (TF32 as here).
+    precision: str = "auto"
+    # last.pt also every this many steps / minutes of training, between evaluations (a
+    # preemptible job loses at most that much); 0: at evaluations only (every eval_every)
+    checkpoint_every: int = 0
+    checkpoint_minutes: float = 0.0
     # torch.use_deterministic_algorithms while training, so that the same command gives
     # bitwise the same weights again at the same thread count and device (without it, CPU
     # training of delay and valle with 2 threads differed from run to run; False: faster on
     # some CUDA kernels, reproducible only up to reduction order)
     deterministic: bool = True
+
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype training steps autocast to (None: plain fp32) for train.precision."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r}: expected one of {PRECISIONS}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
+
+
+def allow_tf32(precision: str, device: torch.device) -> bool:
+    """TF32 matmuls and convolutions on CUDA unless train.precision is fp32 (-> whether on)."""
+    on = device.type == "cuda" and precision != "fp32"
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = on
+        torch.backends.cudnn.allow_tf32 = on
+    return on
 
 
 def seed_everything(seed: int) -> None:
@@ -285,11 +315,13 @@ class Trainer:
         _, _, self.valid_loader = loader_for(
             cache_dir, "valid", cfg, data, frame_rate, shuffle=False, micro_batch=self.micro
         )
+        dtype = autocast_dtype(cfg.precision, self.device)
+        allow_tf32(cfg.precision, self.device)
         self.autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16)
-            if self.device.type == "cuda"
-            else nullcontext()
+            torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         )
+        # fp16's loss scaling (a no-op otherwise); its state is checkpointed
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype == torch.float16)
         self.extra_state = extra_state or {}
         self.step, self.epoch, self.batch_in_epoch, self.best = 0, 0, 0, float("inf")
         # totals over all processes, training steps only
@@ -322,6 +354,8 @@ class Trainer:
         self.step, self.epoch = state["step"], state["epoch"]
         self.batch_in_epoch, self.best = state["batch_in_epoch"], state["best_valid"]
         self.counts = {key: state[key] for key in self.counts}
+        if "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
 
     def _state(self) -> dict:
@@ -334,6 +368,7 @@ class Trainer:
             "best_valid": self.best,
             **self.counts,
             "rng": rng_state(),
+            **({"scaler": self.scaler.state_dict()} if self.scaler.is_enabled() else {}),
             "model_config": asdict(self.model.cfg),
             "train_config": asdict(self.cfg),
             **self.extra_state,
@@ -373,6 +408,16 @@ class Trainer:
             self.run.save_checkpoint("last", state)
         dist.barrier()
 
+    def _checkpoint_due(self, last_saved: float) -> bool:
+        """A checkpoint between evaluations (train.checkpoint_every steps or
+        checkpoint_minutes of training since the last one); the same on every rank, since
+        the training seconds are all-reduced."""
+        cfg = self.cfg
+        if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+            return True
+        minutes = (self.counts["train_seconds"] - last_saved) / self.world / 60
+        return bool(cfg.checkpoint_minutes) and minutes >= cfg.checkpoint_minutes
+
     def _out_of_budget(self) -> str | None:
         """Which budget has run out (the same on every rank: counts are global)."""
         cfg, c = self.cfg, self.counts
@@ -411,13 +456,15 @@ class Trainer:
             sync = micro == self.accum - 1 or self.world == 1
             with nullcontext() if sync else self.ddp.no_sync(), self.autocast:
                 out = self.ddp(batch)
-                (out.loss / self.accum).backward()
+                self.scaler.scale(out.loss / self.accum).backward()
             # the code targets the loss trained on: K x real frames, but for VALL-E codebook 1
             # and one NAR stage (2 x frames), and never an acoustic prompt
             codes += int(out.count.sum())
             loss_sum += out.loss.detach() / self.accum
+        self.scaler.unscale_(self.opt)
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
+        self.scaler.step(self.opt)  # fp16: skipped when a gradient overflowed
+        self.scaler.update()
         self.opt.zero_grad(set_to_none=True)
         self.step += 1
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -514,6 +561,7 @@ class Trainer:
         self.model.train()
         bar = self._progress()
         window = {"codes": 0.0, "wall": 0.0}
+        last_saved = self.counts["train_seconds"]
         while (stopped_by := self._out_of_budget()) is None:
             step = self._train_step(batches)
             if not math.isfinite(step["loss"]):
@@ -541,6 +589,10 @@ class Trainer:
                 improved = valid["loss"] < self.best
                 self.best = min(self.best, valid["loss"])
                 self._checkpoint(best=improved)
+                last_saved = self.counts["train_seconds"]
+            elif self._checkpoint_due(last_saved):
+                self._checkpoint(best=False)
+                last_saved = self.counts["train_seconds"]
         bar.close()
         if self.signal is not None:  # it came during the last evaluation or checkpoint
             self._stop_on_signal()

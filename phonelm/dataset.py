@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from phonelm import distributed as dist
 from phonelm.audio import conform, load_audio
 from phonelm.codecs import Codec, build_codec
 from phonelm.config import CodecConfig, DataConfig, project_path, shown_path
@@ -66,27 +67,29 @@ def readable_audio(path: Path, codec: Codec) -> torch.Tensor:
     return wav
 
 
-def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus) -> Codec:
-    """Build the codec; fit it on the training split once (cached by content) if it needs it."""
-    codec = build_codec(codec_cfg)
+def _device_part(device) -> list[str]:
+    """What a cache key adds for codes computed off the CPU (another device's arithmetic may
+    round a code the other way); nothing on the CPU, so CPU keys stay as they were."""
+    device = torch.device(device)
+    return [] if device.type == "cpu" else [f"computed on {device.type}"]
+
+
+def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus, device="cpu") -> Codec:
+    """Build the codec on `device`; fit it on the training split once (cached by content) if
+    it needs it."""
+    codec = build_codec(codec_cfg, device=device)
     if not codec.needs_fit:
         return codec
     train = [u for u in corpus.items if split_for(cfg, corpus, u) == "train"]
-    path = (
-        project_path(cfg.root)
-        / "codecs"
-        / (
-            f"{codec.name}-{digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds)}"
-            ".safetensors"
-        )
-    )
+    key = digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds, *_device_part(device))
+    path = project_path(cfg.root) / "codecs" / f"{codec.name}-{key}.safetensors"
     if path.is_file():
         try:
             codec.load(path)
             return codec
         except Exception as err:  # noqa: BLE001 - any unreadable state: fit it again
             warn_damaged(path, err)
-            codec = build_codec(codec_cfg)
+            codec = build_codec(codec_cfg, device=device)
     wavs, seconds = [], 0.0
     for u in train:
         if seconds >= cfg.fit_seconds:
@@ -111,10 +114,29 @@ class Prepared:
     manifest: dict = field(default_factory=dict)
 
 
-def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -> Prepared:
-    """Build (or reuse) the dataset cache for this corpus + codec + front-end."""
-    corpus = open_corpus(cfg)
-    codec = fitted_codec(cfg, codec_cfg, corpus)
+def _main_first(make):
+    """make() on rank 0, then (from what rank 0 wrote) on the other ranks of a torchrun."""
+    if dist.is_main():
+        made = make()
+    dist.barrier()
+    if not dist.is_main():
+        made = make()
+    return made
+
+
+def prepare(
+    cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True, device="cpu"
+) -> Prepared:
+    """Build (or reuse) the dataset cache for this corpus + codec + front-end, encoding on
+    `device`. Under torchrun every process calls it: rank 0 builds the corpus and fits the
+    codec, every rank then encodes its share of the shards (shard i on rank i % world), and
+    rank 0 writes the manifest that the others read."""
+
+    def corpus_and_codec():
+        corpus = open_corpus(cfg)
+        return corpus, fitted_codec(cfg, codec_cfg, corpus, device)
+
+    corpus, codec = _main_first(corpus_and_codec)
     phonemizer = Phonemizer()
     key = digest(
         DATASET_VERSION,
@@ -124,6 +146,7 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
         cfg.valid_fraction,
         cfg.test_fraction,
         cfg.shard_size,
+        *_device_part(device),
     )
     cache_dir = project_path(cfg.root) / "cache" / key
     manifest_path = cache_dir / "manifest.json"
@@ -131,23 +154,39 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
     shards = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     if (manifest := _intact_manifest(manifest_path, len(shards))) is not None:
         return Prepared(cache_dir, codec, manifest)
-    remove_stale_temps(cache_dir)
     start = time.perf_counter()
-    bar = tqdm(total=len(items), desc="dataset cache", unit="utt", disable=not progress)
-    for index, shard in enumerate(shards):
+    _main_first(lambda: remove_stale_temps(cache_dir) if dist.is_main() else None)
+    mine = range(dist.rank(), len(shards), dist.world())
+    shown = progress and dist.is_main()
+    bar = tqdm(total=sum(len(shards[i]) for i in mine), desc="dataset cache", unit="utt",
+               disable=not shown)  # fmt: skip
+    for index in mine:
         path = cache_dir / f"shard-{index:05d}.safetensors"
         if not _intact_shard(path):
+            shard = shards[index]
             _write_shard(path, shard, [split_for(cfg, corpus, u) for u in shard], codec, phonemizer)
-        bar.update(len(shard))
+        bar.update(len(shards[index]))
     bar.close()
-    metas = [_shard_meta(cache_dir / f"shard-{i:05d}.safetensors") for i in range(len(shards))]
+    dist.barrier()
+    if dist.is_main():
+        manifest = _manifest(cache_dir, len(shards), corpus, codec, phonemizer)
+        manifest["build_seconds"] = time.perf_counter() - start
+        write_json(manifest_path, manifest)
+    dist.barrier()
+    if not dist.is_main():
+        manifest = _intact_manifest(manifest_path, len(shards))
+    return Prepared(cache_dir, codec, manifest)
+
+
+def _manifest(cache_dir: Path, n_shards: int, corpus: Corpus, codec: Codec, phonemizer) -> dict:
+    metas = [_shard_meta(cache_dir / f"shard-{i:05d}.safetensors") for i in range(n_shards)]
     seconds = {s: 0.0 for s in SPLITS}
     counts = dict.fromkeys(seconds, 0)
     for meta in metas:
         for split, sec in zip(meta["splits"], meta["seconds"], strict=True):
             seconds[split] += sec
             counts[split] += 1
-    manifest = {
+    return {
         "version": DATASET_VERSION,
         "corpus": shown_path(corpus.root),
         "corpus_fingerprint": corpus.fingerprint(),
@@ -156,14 +195,11 @@ def prepare(cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True) -
         "frame_rate": codec.frame_rate,
         "frontend": phonemizer.version,
         "tagger": phonemizer.tagger,
-        "shards": len(shards),
+        "shards": n_shards,
         "utterances": counts,
         "hours": {k: v / 3600 for k, v in seconds.items()},
-        "build_seconds": time.perf_counter() - start,
         "skipped": corpus.skipped + [s for m in metas for s in m["skipped"]],
     }
-    write_json(manifest_path, manifest)
-    return Prepared(cache_dir, codec, manifest)
 
 
 def _write_shard(path: Path, shard, shard_splits, codec: Codec, phonemizer: Phonemizer):

@@ -2,12 +2,17 @@
 
 python -m phonelm.prepare                     # embedded corpus, offline codec
 python -m phonelm.prepare --corpus /path/to/LJSpeech-1.1 --codec encodec --weights pretrained
+torchrun --standalone --nproc_per_node=8 -m phonelm.prepare --corpus ...   # 8 GPUs, a share each
+
+Codes are computed on the GPU when there is one (a cache of its own: another device's rounding
+may flip a code), which is where `experiments/run.py` on that machine looks for them.
 """
 
 import argparse
 import time
 from pathlib import Path
 
+from phonelm import distributed as dist
 from phonelm.batching import LengthBucketSampler, collate
 from phonelm.codecs import CodecError
 from phonelm.config import CodecConfig, DataConfig
@@ -38,10 +43,14 @@ def main(argv: list[str] | None = None) -> dict:
         name=args.codec, weights=args.weights, bandwidth=args.bandwidth, n_codebooks=args.codebooks
     )
     start = time.perf_counter()
+    dist.init()
     try:
-        prepared = prepare(data, codec)
+        prepared = prepare(data, codec, device=dist.device())
     except (CorpusError, CodecError) as err:  # a bad corpus or codec setting: one line
         ap.exit(1, f"{ap.prog}: error: {err}\n")
+    if not dist.is_main():
+        dist.cleanup()
+        return {}
     elapsed = time.perf_counter() - start
     m = prepared.manifest
     hours = sum(m["hours"].values())
@@ -66,6 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     for k, v in report.items():
         print(f"{k:>30}: {v}")
+    dist.cleanup()
     return report
 
 

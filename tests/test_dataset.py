@@ -1,4 +1,8 @@
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import soundfile as sf
@@ -205,3 +209,51 @@ def test_evaluation_loaders_cover_each_utterance_once_across_processes(monkeypat
         assert len(seen) >= covered and set(seen) == set(range(150))
         if not shuffle:
             assert len(seen) == 150
+
+
+SHARDED_PREPARE = """
+import json, sys
+from pathlib import Path
+import phonelm.dataset as dataset
+from phonelm import distributed as dist
+from phonelm.config import CodecConfig, DataConfig
+dist.init()
+written, real = [], dataset._write_shard
+def recording(path, *args):
+    written.append(path.name)
+    real(path, *args)
+dataset._write_shard = recording
+cfg = DataConfig(corpus=sys.argv[1], root=sys.argv[2], shard_size=2)
+prepared = dataset.prepare(cfg, CodecConfig(name="mel-rvq", n_codebooks=2), progress=False)
+out = Path(sys.argv[2]) / f"rank{dist.rank()}.json"
+out.write_text(json.dumps({"written": written, "manifest": prepared.manifest}))
+dist.cleanup()
+"""
+
+
+@pytest.mark.slow
+def test_two_ranks_encode_a_share_each_and_build_the_same_cache(ljspeech_fixture, tmp_path):
+    """Under torchrun every rank encodes its shards (i % world); the cache is bitwise the one
+    a single process builds, and both ranks read rank 0's manifest."""
+    script = tmp_path / "prepare_ranks.py"
+    script.write_text(SHARDED_PREPARE)
+    root = tmp_path / "data"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(script), str(ljspeech_fixture), str(root)]  # fmt: skip
+    project = Path(__file__).parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(project)}
+    done = subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((root / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0]["written"] == ["shard-00000.safetensors", "shard-00002.safetensors"]
+    assert ranks[1]["written"] == ["shard-00001.safetensors"]
+    assert ranks[0]["manifest"] == ranks[1]["manifest"]
+    (cache,) = (root / "cache").iterdir()
+    sharded = {p.name: p.read_bytes() for p in cache.glob("shard-*")}
+    for path in cache.glob("*"):
+        path.unlink()
+    single = prepare(config(ljspeech_fixture, tmp_path), CODEC, progress=False)
+    assert single.cache_dir == cache
+    assert {p.name: p.read_bytes() for p in cache.glob("shard-*")} == sharded
+    drop = lambda m: {k: v for k, v in m.items() if k != "build_seconds"}  # noqa: E731
+    assert drop(single.manifest) == drop(ranks[0]["manifest"])

@@ -5,6 +5,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -314,7 +315,6 @@ def test_a_flops_budget_ends_training_and_only_training_counts(tmp_path, data_ro
     """Training stops at the first step that reaches budget_flops; codes seen are the code
     targets trained on (for VALL-E codebook 1 and one NAR stage: 2 x real frames, not K x, at
     K = 4); evaluation time counts against nothing (an injected clock: no timed assertion)."""
-    from types import SimpleNamespace
 
     cfg = preset("tiny", "valle")
     cfg.data.root = str(data_root)
@@ -402,3 +402,96 @@ def test_a_screen_on_valid_never_reads_the_test_split(tmp_path, data_root):
     assert result["test"]["codes"] == 2 * sum(valid.frame_lengths)  # K = 2 codes a frame
     samples = tmp_path / "megabyte-tiny-seed0" / "samples" / "generation.jsonl"
     assert {json.loads(x)["id"] for x in samples.open()} <= set(valid.ids)
+
+
+def _tiny_trainer(cfg, prepared, run_dir):
+    torch.manual_seed(0)
+    return Trainer(
+        build_backend(replace(cfg.model, n_codebooks=2)),
+        cfg.train,
+        cache_dir=prepared.cache_dir,
+        run_dir=run_dir,
+        data=cfg.data,
+        frame_rate=75.0,
+    )
+
+
+def test_precision_settings_train_and_fp16_resumes_from_a_step_checkpoint(
+    tmp_path, data_root, monkeypatch
+):
+    """train.precision: "auto" on CPU is plain fp32 (bitwise); bf16 and fp16 autocast (other
+    weights); fp16's loss scaler is checkpointed, so a run stopped after a step checkpoint
+    (train.checkpoint_every, with no evaluation yet) resumes bitwise."""
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    cfg.train.steps, cfg.train.eval_every, cfg.train.log_every = 5, 100, 1
+    cfg.train.checkpoint_every = 2
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    trained = {}
+    for precision in ("auto", "fp32", "bf16", "fp16"):
+        cfg.train.precision = precision
+        trainer = _tiny_trainer(cfg, prepared, tmp_path / precision)
+        trainer.fit()
+        trained[precision] = [p.detach().clone() for p in trainer.model.parameters()]
+        assert all(torch.isfinite(p).all() for p in trained[precision])
+    same = lambda a, b: all(torch.equal(x, y) for x, y in zip(a, b, strict=True))  # noqa: E731
+    assert same(trained["auto"], trained["fp32"])
+    assert not same(trained["bf16"], trained["fp32"]) and not same(trained["fp16"], trained["fp32"])
+
+    real_lr = train_module.lr_at
+
+    def crash_at_step_3(step, *args):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_lr(step, *args)
+
+    monkeypatch.setattr(train_module, "lr_at", crash_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        _tiny_trainer(cfg, prepared, tmp_path / "stopped").fit()
+    monkeypatch.setattr(train_module, "lr_at", real_lr)
+    resumed = _tiny_trainer(cfg, prepared, tmp_path / "stopped")
+    assert resumed.step == 2 and resumed.scaler.is_enabled()  # the step checkpoint, not an eval
+    resumed.fit()
+    assert same([p.detach() for p in resumed.model.parameters()], trained["fp16"])
+
+
+def test_checkpoint_minutes_count_training_time(tmp_path, data_root, monkeypatch):
+    """train.checkpoint_minutes: last.pt after every that many minutes of training steps."""
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    cfg.train.steps, cfg.train.eval_every, cfg.train.checkpoint_minutes = 7, 100, 0.5
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    clock = {"now": 0.0}
+
+    def tick():  # read at a step's start and end: every step takes 15 s of this clock
+        clock["now"] += 15.0
+        return clock["now"]
+
+    fake_time = SimpleNamespace(perf_counter=tick, process_time=time.process_time)
+    monkeypatch.setattr(train_module, "time", fake_time)
+    saved, real = [], Trainer._checkpoint
+
+    def recording(self, *, best):
+        saved.append(self.step)
+        real(self, best=best)
+
+    monkeypatch.setattr(Trainer, "_checkpoint", recording)
+    _tiny_trainer(cfg, prepared, tmp_path / "run").fit()
+    assert saved == [2, 4, 6, 7]  # every 30 s of training, and the final evaluation
+
+
+def test_cuda_precision_defaults():
+    from experiments.train import allow_tf32, autocast_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert autocast_dtype("auto", cuda) == torch.bfloat16 and autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("fp16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="train.precision='fp8'"):
+        autocast_dtype("fp8", cpu)
+    before = torch.backends.cuda.matmul.allow_tf32
+    try:
+        assert allow_tf32("bf16", cuda) and torch.backends.cuda.matmul.allow_tf32
+        assert not allow_tf32("fp32", cuda) and not torch.backends.cuda.matmul.allow_tf32
+        assert not allow_tf32("bf16", cpu)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before

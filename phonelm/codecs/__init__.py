@@ -13,10 +13,10 @@ def codec_class(name: str) -> type[Codec]:
     return CODECS[name]
 
 
-def build_codec(cfg) -> Codec:
-    """Build the codec a CodecConfig names (fitted codecs still need `fit` or `load`)."""
-    cls = codec_class(cfg.name)
-    return cls.from_config(cfg)
+def build_codec(cfg, *, device: str = "cpu") -> Codec:
+    """Build the codec a CodecConfig names, on `device` (fitted codecs still need `fit` or
+    `load`)."""
+    return codec_class(cfg.name).from_config(cfg, device=str(device))
 
 
 __all__ = [

@@ -24,8 +24,9 @@ class Codec(ABC):
 
     @classmethod
     @abstractmethod
-    def from_config(cls, cfg) -> "Codec":
-        """Build from a phonelm.config.CodecConfig."""
+    def from_config(cls, cfg, *, device: str = "cpu") -> "Codec":
+        """Build from a phonelm.config.CodecConfig, to encode and decode on `device` (a
+        codec whose arithmetic is small may stay on the CPU)."""
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -88,6 +89,17 @@ class Codec(ABC):
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         raise CodecError(f"codec {self.name} has no state to load")
+
+    def provenance(self) -> dict:
+        """What a run records beside its CodecConfig to rebuild this codec on another machine
+        (e.g. a local checkpoint's content hash); nothing for most codecs."""
+        return {}
+
+    @classmethod
+    def relocate(cls, cfg, provenance: dict, *, where: str):
+        """The CodecConfig a run saved (with its `provenance`), pointed at this machine's
+        copies of what it names; CodecError naming `where` when they are not here."""
+        return cfg
 
     def identity(self) -> str:
         """Hash of settings and fitted state: equal identities give equal codes."""

@@ -4,7 +4,9 @@ Random weights are for tests and offline plumbing only: their codebooks are k-me
 calibration audio (`fit`) so codes are spread over the codebook, but they decode to noise.
 """
 
+import dataclasses
 import functools
+import os
 import sys
 import types
 from pathlib import Path
@@ -99,10 +101,14 @@ class EncodecCodec(Codec):
         self._fitted = not self.needs_fit
 
     @classmethod
-    def from_config(cls, cfg) -> "EncodecCodec":
+    def from_config(cls, cfg, *, device: str = "cpu") -> "EncodecCodec":
         cls.check_config(cfg)
         return cls(
-            weights=cfg.weights, bandwidth=cfg.bandwidth, n_codebooks=cfg.n_codebooks, seed=cfg.seed
+            weights=cfg.weights,
+            bandwidth=cfg.bandwidth,
+            n_codebooks=cfg.n_codebooks,
+            seed=cfg.seed,
+            device=device,
         )
 
     @classmethod
@@ -153,6 +159,14 @@ class EncodecCodec(Codec):
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except Exception as err:
             raise CodecError(f"{path} is not an EnCodec 24 kHz state dict: {err}") from err
+        layers = model.quantizer.vq.layers[: self.n_codebooks]
+        empty = [i + 1 for i, layer in enumerate(layers) if not layer._codebook.embed.any()]
+        if empty:  # a checkpoint of an untrained model: every code would be 0
+            raise CodecError(
+                f"{path}: EnCodec codebooks {empty} are all zero (weights saved before any "
+                "training), so every code would be 0; use trained weights, or codec.weights="
+                "random (codebooks fitted on the corpus)"
+            )
         return model
 
     def settings(self) -> dict:
@@ -164,7 +178,25 @@ class EncodecCodec(Codec):
     def _weights_id(self) -> str:
         if self.weights in ("pretrained", "random"):
             return self.weights
-        return f"checkpoint sha256:{file_digest(self.weights)[:16]}"
+        return f"checkpoint sha256:{self._checkpoint_sha256[:16]}"
+
+    @functools.cached_property
+    def _checkpoint_sha256(self) -> str:
+        return file_digest(self.weights)
+
+    @classmethod
+    def relocate(cls, cfg, provenance: dict, *, where: str):
+        if "checkpoint_sha256" not in provenance:
+            return cfg
+        found = locate_checkpoint(cfg.weights, provenance["checkpoint_sha256"], where=where)
+        return dataclasses.replace(cfg, weights=found)
+
+    def provenance(self) -> dict:
+        """A local checkpoint's content hash: the run records it so that its codec can be
+        rebuilt on a machine where the same file lies elsewhere (`locate_checkpoint`)."""
+        if self.weights in ("pretrained", "random"):
+            return {}
+        return {"checkpoint_sha256": self._checkpoint_sha256}
 
     def _layers(self):
         return [layer._codebook for layer in self.model.quantizer.vq.layers[: self.n_codebooks]]
@@ -214,3 +246,28 @@ class EncodecCodec(Codec):
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         self._check_fitted()
         return self.model.decode([(codes.to(self.device)[None], None)])[0, 0].cpu()
+
+
+WEIGHTS_ENV = "PHONELM_ENCODEC_WEIGHTS"
+
+
+def locate_checkpoint(recorded: str, sha256: str, *, where: str) -> str:
+    """The path, on this machine, of the EnCodec checkpoint a run recorded at `recorded` with
+    content `sha256`: the recorded path if its content is the same, else a file of that name
+    (or the file itself) in $PHONELM_ENCODEC_WEIGHTS, else in torch hub's checkpoint folder.
+    CodecError naming `where`, the file and where it looked when none has that content."""
+    name = Path(recorded).name
+    places = [Path(recorded)]
+    if os.environ.get(WEIGHTS_ENV):
+        given = Path(os.environ[WEIGHTS_ENV]).expanduser()
+        places.append(given / name if given.is_dir() else given)
+    places.append(Path(torch.hub.get_dir()) / "checkpoints" / name)
+    for place in places:
+        if place.is_file() and file_digest(place) == sha256:
+            return str(place)
+    looked = ", ".join(str(p) for p in places)
+    raise CodecError(
+        f"{where}: the run's EnCodec checkpoint {name} (sha256 {sha256[:16]}...) is not on "
+        f"this machine (looked at {looked}); copy the same file there, or set "
+        f"{WEIGHTS_ENV}=/path/to/{name} (or its folder)"
+    )

@@ -110,7 +110,7 @@ class MelRvqCodec(Codec):
         self.mel_pinv = torch.linalg.pinv(self.features.mel)  # [bins, n_mels]
 
     @classmethod
-    def from_config(cls, cfg) -> "MelRvqCodec":
+    def from_config(cls, cfg, *, device: str = "cpu") -> "MelRvqCodec":  # CPU: an STFT
         if cfg.bandwidth is not None:
             raise CodecError("mel-rvq takes codec.n_codebooks, not codec.bandwidth")
         return cls(n_codebooks=cfg.n_codebooks or 4, seed=cfg.seed)
