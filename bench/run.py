@@ -274,7 +274,8 @@ def sizes(args) -> dict:
     return {"cpu": ("cpu", {}), "cpu-2x-width": ("cpu", {"dim": 384, "local_dim": 256})}
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def _arguments(argv) -> argparse.Namespace:
+    """The command line, checked, with the smoke or full defaults filled in."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--out", default="results/bench")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, seconds in all (CI)")
@@ -304,9 +305,30 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args.seconds = args.seconds or ([0.1, 0.2] if smoke else [5.0, 10.0, 20.0])
     args.batches = args.batches or ([1, 2] if smoke else [1, 8])
     args.peer_seconds = args.peer_seconds or ([0.1] if smoke else [2.5, 5.0, 10.0])
+    return args
+
+
+def peer_rows(name, model_cfg, batches, phonemes, rate, device, args, size):
+    """The published peers' (train rows, generation rows) beside megabyte and flat."""
+    train, gen = [], []
+    try:
+        if name == "megabyte":
+            batch = next(batches)
+            peer_train, rows = peer_megabyte(model_cfg, batch, batch.codes.shape[-1], device, args)
+            train.append({"size": size, "name": "peer: MEGABYTE-pytorch", **peer_train})
+            gen += [{"size": size, **r} for r in rows]
+        if name == "flat":
+            gen += [{"size": size, **r} for r in peer_flat(model_cfg, phonemes, rate, device, args)]
+    except ImportError as err:
+        print(f"peer skipped ({err}): pip install MEGABYTE-pytorch", file=sys.stderr)
+    return train, gen
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = _arguments(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(args.threads)
-    peak = peak_flops(device, args.matmul or (256 if smoke else 2048))
+    peak = peak_flops(device, args.matmul or (256 if args.smoke else 2048))
     train, gen, cache = [], [], {}
     for size, (preset_name, changes) in sizes(args).items():
         for name in sorted(BACKENDS):
@@ -329,22 +351,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             first = size == next(iter(sizes(args)))
             for r in generation_rows(name, model, phonemes, rate, device, args, first):
                 gen.append({"size": size, **r})
-            if args.no_peers or not first:
-                continue
-            try:
-                if name == "megabyte":
-                    batch = next(batches)
-                    frames = batch.codes.shape[-1]
-                    peer_train, rows = peer_megabyte(model_cfg, batch, frames, device, args)
-                    train.append({"size": size, "name": "peer: MEGABYTE-pytorch", **peer_train})
-                    gen += [{"size": size, **r} for r in rows]
-                if name == "flat":
-                    gen += [
-                        {"size": size, **r}
-                        for r in peer_flat(model_cfg, phonemes, rate, device, args)
-                    ]
-            except ImportError as err:
-                print(f"peer skipped ({err}): pip install MEGABYTE-pytorch", file=sys.stderr)
+            if first and not args.no_peers:
+                peers = peer_rows(name, model_cfg, batches, phonemes, rate, device, args, size)
+                train, gen = train + peers[0], gen + peers[1]
     gen = pd.DataFrame(gen)
     gen.attrs["cache"] = cache
     return report(args, device, peak, pd.DataFrame(train), gen)
@@ -399,6 +408,44 @@ def targets(train: pd.DataFrame, gen: pd.DataFrame, growth: pd.DataFrame, second
     return pd.DataFrame(rows)
 
 
+def cost_growth(gen: pd.DataFrame, longest: float, half: float) -> pd.DataFrame:
+    """Cached generation's time at the longest audio over its time at half of it."""
+    growth = []
+    for (size, name, batch), g in gen[gen.cached].groupby(["size", "name", "batch"]):
+        t = dict(zip(g.audio_s, g.gen_s, strict=True))
+        if longest in t and half in t:
+            growth.append(
+                {"size": size, "name": name, "batch": batch, "growth": t[longest] / t[half]}
+            )
+    return pd.DataFrame(growth)
+
+
+def report_lines(head: str, train: pd.DataFrame, gen: pd.DataFrame, longest: float) -> list[str]:
+    """bench.md, a line a list entry."""
+    half = longest / 2
+    growth = cost_growth(gen, longest, half)
+    goals = targets(train, gen, growth, longest)
+    md = [
+        "# PhoneLM speed benchmark", "", head, "",
+        "## Training", "", train.to_markdown(index=False, floatfmt=".3g"), "",
+        "## Generation", "", gen.to_markdown(index=False, floatfmt=".3g"), "",
+        f"## Cost growth: time({longest:g} s) / time({half:g} s)", "",
+        growth.to_markdown(index=False, floatfmt=".3g") if len(growth) else "(n/a)", "",
+        "## Targets (issue 10)", "", goals.to_markdown(index=False) if len(goals) else "(n/a)", "",
+        "## Data pipeline", "",
+        *(
+            f"- {size}: cache build encoded {audio:.0f} s of audio per second (codec + g2p)"
+            for size, audio in gen.attrs.get("cache", {}).items()
+        ),
+    ]  # fmt: skip
+    mb = train[train.name == "megabyte"].head(1)
+    peer = train[train.name == "peer: MEGABYTE-pytorch"]
+    if len(mb) and len(peer):
+        ratio = float(mb.step_s.iloc[0] / peer.step_s.iloc[0])
+        md += ["", f"megabyte / MEGABYTE-pytorch training step time: {ratio:.2f}"]
+    return md
+
+
 def report(args, device, peak, train: pd.DataFrame, gen: pd.DataFrame) -> pd.DataFrame:
     import matplotlib
 
@@ -407,66 +454,13 @@ def report(args, device, peak, train: pd.DataFrame, gen: pd.DataFrame) -> pd.Dat
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    longest, half = max(args.seconds), max(args.seconds) / 2
-    growth = []
-    for (size, name, batch), g in gen[gen.cached].groupby(["size", "name", "batch"]):
-        t = dict(zip(g.audio_s, g.gen_s, strict=True))
-        if longest in t and half in t:
-            growth.append(
-                {"size": size, "name": name, "batch": batch, "growth": t[longest] / t[half]}
-            )
     head = stamp(args, device, peak)
-    build = gen.attrs.get("cache", {})
-    md = [
-        "# PhoneLM speed benchmark",
-        "",
-        head,
-        "",
-        "## Training",
-        "",
-        train.to_markdown(index=False, floatfmt=".3g"),
-        "",
-        "## Generation",
-        "",
-        gen.to_markdown(index=False, floatfmt=".3g"),
-        "",
-        f"## Cost growth: time({longest:g} s) / time({half:g} s)",
-        "",
-        pd.DataFrame(growth).to_markdown(index=False, floatfmt=".3g") if growth else "(n/a)",
-        "",
-        "## Targets (issue 10)",
-        "",
-        (
-            goals.to_markdown(index=False)
-            if len(goals := targets(train, gen, pd.DataFrame(growth), longest))
-            else "(n/a)"
-        ),
-        "",
-        "## Data pipeline",
-        "",
-        *(
-            f"- {size}: cache build encoded {audio:.0f} s of audio per second (codec + g2p)"
-            for size, audio in build.items()
-        ),
-    ]
-    mb = train[train.name == "megabyte"].head(1)
-    peer = train[train.name == "peer: MEGABYTE-pytorch"]
-    if len(mb) and len(peer):
-        ratio = float(mb.step_s.iloc[0] / peer.step_s.iloc[0])
-        md += ["", f"megabyte / MEGABYTE-pytorch training step time: {ratio:.2f}"]
+    md = report_lines(head, train, gen, max(args.seconds))
     (out / "bench.md").write_text("\n".join(md) + "\n")
     both = pd.concat([train.assign(kind="train"), gen.assign(kind="generate")])
     both.to_csv(out / "bench.csv", index=False)
-    plot = sns.relplot(
-        data=gen,
-        x="audio_s",
-        y="gen_s",
-        hue="name",
-        style="batch",
-        col="size",
-        kind="line",
-        marker="o",
-    )
+    plot = sns.relplot(data=gen, x="audio_s", y="gen_s", hue="name", style="batch", col="size",
+                       kind="line", marker="o")  # fmt: skip
     plot.set(yscale="log", xlabel="audio seconds", ylabel="generation seconds")
     plot.figure.suptitle(head[:160], fontsize=7, y=1.02)
     plot.savefig(out / "bench_generation.png", dpi=110, bbox_inches="tight")

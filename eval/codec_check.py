@@ -45,7 +45,7 @@ def score(name: str, k, refs: list[str], hyps: list[str], extra: dict) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> pd.DataFrame:
+def _arguments() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--codec", default="mel-rvq")
     ap.add_argument("--codebooks", type=int, nargs="+", default=[1, 2, 4, 8])
@@ -57,63 +57,43 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap.add_argument("--asr", default="tiny.en")
     ap.add_argument("--asr-weights", default=None)
     ap.add_argument("--out", default="results/codec_check")
-    args = ap.parse_args(argv)
+    return ap
 
-    data = DataConfig(corpus=args.corpus, root=args.root)
-    corpus = open_corpus(data)
-    items = [u for u in corpus.items if split_for(data, corpus, u) == args.split][: args.limit]
-    if not items:
-        sys.exit(f"no utterances in split {args.split!r} of {corpus.root}")
-    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.root) / "asr")
-    refs = [u.normalized_text for u in items]
-    originals = [conform(*load_audio(u.wav), 24_000) for u in items]
-    seconds = sum(w.shape[0] for w in originals) / 24_000
-    per_utt, rows = [], []
-    hyps = transcribe_all(asr, originals, 24_000, "original")
-    rows.append(score("original", None, refs, hyps, {"log_mel_l1": 0.0}))
-    per_utt += [
-        {"audio": "original", "id": u.id, "ref": r, "hyp": h}
-        for u, r, h in zip(items, refs, hyps, strict=True)
+
+def resynthesis_row(args, k: int, data, corpus, items, originals, refs, asr, seconds):
+    """The codec at K = `k`: fitted (or loaded), every original encoded and decoded, the
+    resynthesis transcribed -> (its table row, its per-utterance lines)."""
+    cfg = CodecConfig(name=args.codec, n_codebooks=k, weights=args.weights)
+    start = time.perf_counter()
+    codec = fitted_codec(data, cfg, corpus)
+    fit_s = time.perf_counter() - start
+    enc_s = dec_s = 0.0
+    resynth, distances = [], []
+    for wav in tqdm(originals, desc=f"{args.codec} K={k}", unit="utt"):
+        t0 = time.perf_counter()
+        codes = codec.encode(wav, 24_000)
+        t1 = time.perf_counter()
+        out = codec.decode(codes)
+        dec_s += time.perf_counter() - t1
+        enc_s += t1 - t0
+        resynth.append(out)
+        distances.append(log_mel_distance(out, wav))
+    hyps = transcribe_all(asr, resynth, codec.sample_rate, f"ASR K={k}")
+    timing = {
+        "log_mel_l1": sum(distances) / len(distances),
+        "encode_ms_per_s": 1000 * enc_s / seconds,
+        "decode_ms_per_s": 1000 * dec_s / seconds,
+        "fit_or_load_s": fit_s,
+    }
+    lines = [
+        {"audio": f"{args.codec}-K{k}", "id": u.id, "ref": r, "hyp": h, "log_mel_l1": d}
+        for u, r, h, d in zip(items, refs, hyps, distances, strict=True)
     ]
-    for k in args.codebooks:
-        cfg = CodecConfig(name=args.codec, n_codebooks=k, weights=args.weights)
-        start = time.perf_counter()
-        codec = fitted_codec(data, cfg, corpus)
-        fit_s = time.perf_counter() - start
-        enc_s = dec_s = 0.0
-        resynth, distances = [], []
-        for wav in tqdm(originals, desc=f"{args.codec} K={k}", unit="utt"):
-            t0 = time.perf_counter()
-            codes = codec.encode(wav, 24_000)
-            t1 = time.perf_counter()
-            out = codec.decode(codes)
-            dec_s += time.perf_counter() - t1
-            enc_s += t1 - t0
-            resynth.append(out)
-            distances.append(log_mel_distance(out, wav))
-        hyps = transcribe_all(asr, resynth, codec.sample_rate, f"ASR K={k}")
-        rows.append(
-            score(
-                args.codec,
-                k,
-                refs,
-                hyps,
-                {
-                    "log_mel_l1": sum(distances) / len(distances),
-                    "encode_ms_per_s": 1000 * enc_s / seconds,
-                    "decode_ms_per_s": 1000 * dec_s / seconds,
-                    "fit_or_load_s": fit_s,
-                },
-            )
-        )
-        per_utt += [
-            {"audio": f"{args.codec}-K{k}", "id": u.id, "ref": r, "hyp": h, "log_mel_l1": d}
-            for u, r, h, d in zip(items, refs, hyps, distances, strict=True)
-        ]
-    table = pd.DataFrame(rows)
-    table["utterances"], table["audio_seconds"] = len(items), round(seconds, 1)
-    for key, value in asr.describe().items():
-        table[f"asr_{key}"] = value
+    return score(args.codec, k, refs, hyps, timing), lines
+
+
+def write_tables(args, table: pd.DataFrame, per_utt: list[dict], items, seconds, asr) -> str:
+    """<out>/<codec>.csv, .md and .jsonl -> the markdown shown."""
     out = Path(args.out)
     write_text(out / f"{args.codec}.csv", table.to_csv(index=False))
     shown = table[["audio", "codebooks", "wer", "cer", "log_mel_l1", "subs", "dels", "ins"]]
@@ -124,7 +104,35 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     )
     write_text(out / f"{args.codec}.md", header + markdown + "\n")
     write_text(out / f"{args.codec}.jsonl", "".join(json.dumps(r) + "\n" for r in per_utt))
-    print(header + markdown)
+    return header + markdown
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = _arguments().parse_args(argv)
+    data = DataConfig(corpus=args.corpus, root=args.root)
+    corpus = open_corpus(data)
+    items = [u for u in corpus.items if split_for(data, corpus, u) == args.split][: args.limit]
+    if not items:
+        sys.exit(f"no utterances in split {args.split!r} of {corpus.root}")
+    asr = Asr(args.asr, weights=args.asr_weights, cache_dir=Path(args.root) / "asr")
+    refs = [u.normalized_text for u in items]
+    originals = [conform(*load_audio(u.wav), 24_000) for u in items]
+    seconds = sum(w.shape[0] for w in originals) / 24_000
+    hyps = transcribe_all(asr, originals, 24_000, "original")
+    rows = [score("original", None, refs, hyps, {"log_mel_l1": 0.0})]
+    per_utt = [
+        {"audio": "original", "id": u.id, "ref": r, "hyp": h}
+        for u, r, h in zip(items, refs, hyps, strict=True)
+    ]
+    for k in args.codebooks:
+        row, lines = resynthesis_row(args, k, data, corpus, items, originals, refs, asr, seconds)
+        rows.append(row)
+        per_utt += lines
+    table = pd.DataFrame(rows)
+    table["utterances"], table["audio_seconds"] = len(items), round(seconds, 1)
+    for key, value in asr.describe().items():
+        table[f"asr_{key}"] = value
+    print(write_tables(args, table, per_utt, items, seconds, asr))
     return table
 
 

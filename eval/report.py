@@ -106,18 +106,34 @@ def _entries(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[str, Path]:
+    """Every plot of the report, as PNG files under `out`/plots -> {name: path}."""
     folder = out / "plots"
     folder.mkdir(parents=True, exist_ok=True)
     sns.set_theme(style="whitegrid")
     made = {}
-
-    def save(name: str, fig) -> None:
+    figures = {
+        "wer_cer": _wer_cer_figure(table),
+        "bits_per_codebook": _bits_figure(table),
+        "validation_curves": _curves_figure(runs),
+        "repetition": _repetition_figure(table),
+        "speed": _speed_figure(table),
+    }
+    for name, fig in figures.items():
+        if fig is None:  # nothing to plot (no bits or no validation log)
+            continue
         path = folder / f"{name}.png"
         fig.tight_layout()
         fig.savefig(path, dpi=90)
         plt.close(fig)
         made[name] = path
+    return made
 
+
+def _legend_outside(ax) -> None:
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+
+
+def _wer_cer_figure(table: pd.DataFrame):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     models = _entries(table)
     seeds = models.groupby("entry")["seed"].nunique()
@@ -138,20 +154,25 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
         what = metric.removesuffix("_mean").upper()
         ax.set_title(f"{what}, mean per utterance\n95% CI over seeds (up to {seeds.max()})",
                      fontsize=9)  # fmt: skip
-    save("wer_cer", fig)
+    return fig
 
-    # bits belong to the trained model: one row per run directory, whatever its conditions
+
+def _bits_figure(table: pd.DataFrame):
+    """Bits belong to the trained model: one row per run directory, whatever its conditions."""
     once = table.drop_duplicates(subset=["model", "preset", "seed"])
     bits = once.filter(regex="^bits_cb").assign(run=once["run"]).dropna(how="all", axis=0)
     bits = bits.melt(id_vars="run", var_name="codebook", value_name="bits").dropna()
-    if len(bits):
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        bits["codebook"] = bits["codebook"].str.replace("bits_cb", "")
-        sns.barplot(bits, x="codebook", y="bits", hue="run", ax=ax)
-        sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
-        ax.set_title("held-out bits-per-code per codebook")
-        save("bits_per_codebook", fig)
+    if not len(bits):
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bits["codebook"] = bits["codebook"].str.replace("bits_cb", "")
+    sns.barplot(bits, x="codebook", y="bits", hue="run", ax=ax)
+    _legend_outside(ax)
+    ax.set_title("held-out bits-per-code per codebook")
+    return fig
 
+
+def _curves_figure(runs):
     curves = pd.DataFrame(
         [
             {
@@ -166,21 +187,23 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
             if "valid_bits_per_code" in m
         ]
     )
-    if len(curves):
-        fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
-        for ax, x, what in zip(
-            axes,
-            ("flops", "step", "seconds"),
-            ("training FLOPs (the matched budget)", "step", "training seconds"),
-            strict=True,
-        ):
-            sns.lineplot(curves, x=x, y="bits", hue="run", marker="o", ax=ax,
-                         legend=x == "seconds")  # one legend, outside the last panel  # fmt: skip
-            ax.set_title(f"validation bits-per-code vs {what}", fontsize=9)
-        sns.move_legend(axes[-1], "upper left", bbox_to_anchor=(1.01, 1), fontsize=7,
-                        frameon=False)  # fmt: skip
-        save("validation_curves", fig)
+    if not len(curves):
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.5))
+    for ax, x, what in zip(
+        axes,
+        ("flops", "step", "seconds"),
+        ("training FLOPs (the matched budget)", "step", "training seconds"),
+        strict=True,
+    ):
+        sns.lineplot(curves, x=x, y="bits", hue="run", marker="o", ax=ax,
+                     legend=x == "seconds")  # one legend, outside the last panel  # fmt: skip
+        ax.set_title(f"validation bits-per-code vs {what}", fontsize=9)
+    _legend_outside(axes[-1])
+    return fig
 
+
+def _repetition_figure(table: pd.DataFrame):
     labelled = pd.concat(
         [_entries(table), table[table["preset"].isna()].assign(entry=table["model"])]
     )
@@ -192,18 +215,19 @@ def _plots(out: Path, table: pd.DataFrame, per_utt: pd.DataFrame, runs) -> dict[
     )
     fig, ax = plt.subplots(figsize=(7, 3.5))
     sns.barplot(parts, x="part", y="share", hue="entry", ax=ax)
-    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1), fontsize=7, frameon=False)
+    _legend_outside(ax)
     ax.set_title("repetition")
-    save("repetition", fig)
+    return fig
 
+
+def _speed_figure(table: pd.DataFrame):
     speed = _entries(table)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     sns.barplot(speed, x="entry", y="gen_rtf", ax=axes[0])
     axes[0].set_title("generation real-time factor (lower is faster)")
     sns.barplot(speed, x="entry", y="train_codes_per_s", ax=axes[1])
     axes[1].set_title("training codes / s")
-    save("speed", fig)
-    return made
+    return fig
 
 
 def _audio_tag(path: Path) -> str:

@@ -108,9 +108,11 @@ def group_of(path: Path, root: Path) -> str:
     return str(Path(path).parent.relative_to(root)) or "."
 
 
-def load_runs(path: str | Path, root: str | Path | None = None) -> list[Run]:
+def load_runs(
+    path: str | Path, root: str | Path | None = None, *, device: str = "cpu"
+) -> list[Run]:
     """One Run per generation condition that the directory has samples of (`root`: the scored
-    folder, which names the run's group)."""
+    folder, which names the run's group; `device`: where its codec decodes)."""
     run = RunDir(path)
     conditions = run.conditions()
     if not conditions:
@@ -123,12 +125,14 @@ def load_runs(path: str | Path, root: str | Path | None = None) -> list[Run]:
         raise RunError(f"{run.path}: incomplete or corrupt run directory ({err})") from err
     group = group_of(run.path, Path(root)) if root is not None else "."
     return [
-        _load_condition(run, run.samples(c), config, test_metrics, metrics, group)
+        _load_condition(run, run.samples(c), config, test_metrics, metrics, group, device)
         for c in conditions
     ]
 
 
-def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics, group) -> Run:
+def _load_condition(
+    run: RunDir, samples: Samples, config, test_metrics, metrics, group, device
+) -> Run:
     needed = [run.codec_config, samples.generation, samples.codes, samples.summary]
     missing = [str(p.relative_to(run.path)) for p in needed if not p.is_file()]
     if missing:
@@ -145,4 +149,6 @@ def _load_condition(run: RunDir, samples: Samples, config, test_metrics, metrics
             f"{run.path}: {samples.codes.relative_to(run.path)} and "
             f"{samples.generation.relative_to(run.path)} disagree"
         )
-    return Run(run, samples, config, test_metrics, summary, generations, codes, metrics, group)
+    return Run(
+        run, samples, config, test_metrics, summary, generations, codes, metrics, group, device
+    )

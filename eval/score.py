@@ -144,67 +144,70 @@ def score_run(run: Run, asr: Asr, key: str, force: bool, second: Asr | None = No
     return result
 
 
+def _reference_groups(runs: list[Run]) -> dict[str, list[Run]]:
+    """The runs that share a corpus, codec and generated split (hence reference rows)."""
+    groups: dict[str, list[Run]] = {}
+    for run in runs:
+        group_key = digest(
+            run.config["data"],
+            run.dir.read_json(run.dir.codec_config),
+            run.codec().identity(),
+            generated_split(run),
+        )
+        groups.setdefault(group_key, []).append(run)
+    return groups
+
+
+def _reference_rows(run: Run, ids: list[str], asr: Asr, second, folder: Path) -> dict:
+    """Each sentence's ground truth and its codec resynthesis (written under `folder`),
+    scored like a generation -> {row name: per-utterance scores}."""
+    corpus, codec = run.corpus(), run.codec()
+    rows = {"ground truth": [], "codec resynthesis": []}
+    for uid in ids:
+        u = corpus[uid]
+        wav = conform(*load_audio(u.wav), codec.sample_rate)
+        truth = conform(wav, codec.sample_rate, MCD_RATE)
+        codes = codec.encode(wav, codec.sample_rate)
+        resynth = codec.decode(codes)
+        save_audio(folder / "resynthesis" / f"{uid}.wav", resynth, codec.sample_rate)
+        for name, audio in (("ground truth", wav), ("codec resynthesis", resynth)):
+            mcd = mel_cepstral_distortion(conform(audio, codec.sample_rate, MCD_RATE), truth)
+            hyp, hyp_second = _listen(asr, second, audio, codec.sample_rate)
+            extra = {"id": uid, "stopped": True, "duration_ratio": 1.0, "mcd": mcd}
+            rows[name].append(
+                _utterance_scores(u.normalized_text, hyp, codes.numpy(), extra, hyp_second)
+            )
+    return rows
+
+
 def score_references(
     runs: list[Run], asr: Asr, key: str, out: Path, force: bool, second: Asr | None = None
 ) -> dict:
     """Ground truth and codec resynthesis of the sentences the runs generated, per codec."""
-    groups: dict[str, list[Run]] = {}
-    for run in runs:
-        groups.setdefault(
-            digest(
-                run.config["data"],
-                run.dir.read_json(run.dir.codec_config),
-                run.codec().identity(),
-                generated_split(run),
-            ),
-            [],
-        ).append(run)
     results = {}
-    for group_key, members in groups.items():
+    for group_key, members in _reference_groups(runs).items():
         folder = out / "references" / group_key
         cache = folder / "scores.json"
         ids = sorted({g["id"] for run in members for g in run.generations})
         saved = None if force else cached(cache, key=key, ids=ids)
-        if saved is not None:
-            results[group_key] = saved
-            continue
-        corpus, codec = members[0].corpus(), members[0].codec()
-        rows = {"ground truth": [], "codec resynthesis": []}
-        for uid in ids:
-            u = corpus[uid]
-            wav = conform(*load_audio(u.wav), codec.sample_rate)
-            truth = conform(wav, codec.sample_rate, MCD_RATE)
-            codes = codec.encode(wav, codec.sample_rate)
-            resynth = codec.decode(codes)
-            save_audio(folder / "resynthesis" / f"{uid}.wav", resynth, codec.sample_rate)
-            for name, audio in (("ground truth", wav), ("codec resynthesis", resynth)):
-                mcd = mel_cepstral_distortion(conform(audio, codec.sample_rate, MCD_RATE), truth)
-                hyp, hyp_second = _listen(asr, second, audio, codec.sample_rate)
-                rows[name].append(
-                    _utterance_scores(
-                        u.normalized_text,
-                        hyp,
-                        codes.numpy(),
-                        {"id": uid, "stopped": True, "duration_ratio": 1.0, "mcd": mcd},
-                        hyp_second,
-                    )
-                )
-        saved = {
-            "key": key,
-            "asr": asr.describe(),
-            "ids": ids,
-            "split": generated_split(members[0]),
-            "k": codec.n_codebooks,
-            "codec": codec.settings(),
-            "rows": {
-                name: {
-                    "summary": {**_summary(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
-                    "utterances": utts,
-                }
-                for name, utts in rows.items()
-            },
-        }
-        write_json(cache, saved)
+        if saved is None:
+            rows = _reference_rows(members[0], ids, asr, second, folder)
+            saved = {
+                "key": key,
+                "asr": asr.describe(),
+                "ids": ids,
+                "split": generated_split(members[0]),
+                "k": members[0].codec().n_codebooks,
+                "codec": members[0].codec().settings(),
+                "rows": {
+                    name: {
+                        "summary": {**_summary(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
+                        "utterances": utts,
+                    }
+                    for name, utts in rows.items()
+                },
+            }
+            write_json(cache, saved)
         results[group_key] = saved
     return results
 
@@ -298,12 +301,12 @@ def _device(name: str) -> str:
     return str(device)
 
 
-def _runs(out: Path, problems: list[str]) -> list[Run]:
+def _runs(out: Path, problems: list[str], device: str) -> list[Run]:
     """Every run under `out` with complete outputs; the others are named and skipped."""
     runs = []
     for path in find_runs(out):
         try:
-            runs += load_runs(path, out)
+            runs += load_runs(path, out, device=device)
         except RunError as err:
             problems.append(str(err))
             print(f"skipped: {err}", file=sys.stderr)
@@ -353,9 +356,7 @@ def _tables(runs: list[Run], scores: dict, references: dict, asr) -> tuple:
 
 def score_all(args) -> pd.DataFrame:
     out, problems, device = Path(args.results), [], args.device
-    runs = _runs(out, problems)
-    for run in runs:
-        run.device = device
+    runs = _runs(out, problems, device)
     cache = Path(args.data_root) / "asr"
     asr = Asr(args.asr, weights=args.asr_weights, cache_dir=cache, device=device)
     second = Asr(args.second_asr, cache_dir=cache, device=device) if args.second_asr else None

@@ -24,7 +24,7 @@ import pandas as pd
 
 from eval.runs import RunError, find_runs, load_runs
 from eval.score import run_row
-from eval.stats import backend_intervals, pairwise_effects
+from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
 from phonelm.io import write_text
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
@@ -121,26 +121,59 @@ def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -
     return "\n".join(lines)
 
 
-def picks(runs: pd.DataFrame) -> list[str]:
-    """Per study whose groups score `valid` (screens): each backend's mean per-utterance WER in
-    every variant and its pick, the lowest (the one procedure every backend gets)."""
+def pick(screened: pd.DataFrame, utterances: pd.DataFrame) -> tuple[str, str]:
+    """One backend's pick among its screened variants, by the rule fixed before the screens
+    were read (docs/study.md): the lowest mean per-utterance `valid` WER; a variant whose
+    paired per-utterance difference to it has a 95% sentence-bootstrap interval that includes
+    0 is not distinguishable and ties; a tie goes to the lowest `valid` bits/code.
+    screened: one row per variant (variant, wer_mean, bits_per_code); utterances: one row per
+    (variant, id) with `wer` -> (the pick, why)."""
+    wer = screened.set_index("variant")["wer_mean"]
+    best = wer.idxmin()
+    wide = utterances.pivot_table(index="id", columns="variant", values="wer")
+    tied = [best]
+    for variant in wer.index.drop(best):
+        diff = (wide[variant] - wide[best]).dropna().to_numpy()[None]
+        if interval(hierarchical_bootstrap(diff))[0] <= 0:
+            tied.append(variant)
+    if len(tied) == 1:
+        return best, "lowest WER"
+    bits = screened.set_index("variant")["bits_per_code"]
+    return str(
+        bits[tied].idxmin()
+    ), f"WER ties {', '.join(f'`{v}`' for v in sorted(tied))}: lowest bits/code"
+
+
+def picks(runs: pd.DataFrame, per_utt: pd.DataFrame) -> list[str]:
+    """Per study whose groups score `valid` (screens): each backend's mean per-utterance WER
+    and bits/code in every variant, and its pick (`pick`: the one procedure every backend
+    gets)."""
     screens = runs[(runs["split"] == "valid") & (runs["condition"] == "tts")].copy()
     if screens.empty:
         return []
+    utts = per_utt[per_utt["group"].isin(set(screens["group"])) & (per_utt["condition"] == "tts")]
+    utts = utts.assign(variant=utts["group"].map(lambda g: g.split("/", 1)[-1]))
     screens["study"] = screens["group"].map(lambda g: g.split("/")[0])
     screens["variant"] = screens["group"].map(lambda g: g.split("/", 1)[-1])
     md = []
     for study, block in screens.groupby("study"):
-        table = block.pivot_table(index="model", columns="variant", values="wer_mean")
-        variants = list(table.columns)
-        md += [f"\n#### Picks of `{study}` (mean per-utterance WER on `valid`, lowest wins)\n",
-               "| backend | " + " | ".join(f"`{v}`" for v in variants) + " | pick |",
-               "|---|" + "---|" * (len(variants) + 1)]  # fmt: skip
-        for model, row in table.iterrows():
-            best = row.dropna().idxmin() if row.notna().any() else ""
-            cells = [_fmt(row[v]) for v in variants]
-            pending = " (not all screened)" if row.isna().any() else ""
-            md.append(f"| {model} | " + " | ".join(cells) + f" | `{best}`{pending} |")
+        variants = sorted(block["variant"].unique())
+        md += [f"\n#### Picks of `{study}` (on `valid`: mean per-utterance WER / bits per code)\n",
+               "| backend | " + " | ".join(f"`{v}`" for v in variants) + " | pick | why |",
+               "|---|" + "---|" * (len(variants) + 2)]  # fmt: skip
+        for model, rows in block.groupby("model"):
+            by_variant = rows.set_index("variant")
+            cells = [
+                " / ".join(_fmt(by_variant.loc[v, c]) for c in ("wer_mean", "bits_per_code"))
+                if v in by_variant.index
+                else ""
+                for v in variants
+            ]
+            here = utts[(utts["model"] == model) & utts["group"].isin(set(rows["group"]))]
+            chosen, why = pick(rows, here)
+            if len(rows) < len(variants):
+                why += " (not all screened)"
+            md.append(f"| {model} | " + " | ".join(cells) + f" | `{chosen}` | {why} |")
     return md
 
 
@@ -209,7 +242,7 @@ def render(root: str | Path) -> str:
             *findings(pairwise_effects(here)),
             *asr_agreement(here),
         ]
-    return "\n".join(md + picks(runs)) + "\n"
+    return "\n".join(md + picks(runs, per_utt)) + "\n"
 
 
 def replace_section(readme: str, section: str) -> str:

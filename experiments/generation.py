@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from experiments.overrides import ConfigError
 from experiments.presets import GenerateConfig, RunConfig
+from phonelm import distributed as dist
 from phonelm.audio import save_audio
 from phonelm.dataset import CodeDataset, open_corpus
 from phonelm.run_dir import CONTINUATION, NOVEL, RunDir, RunDirError, Samples, atomic_save
@@ -73,10 +74,10 @@ def _settings(gen: GenerateConfig, condition: str) -> dict:
             if k not in skip}  # fmt: skip
 
 
-def _finished(run: RunDir, samples: Samples, settings: dict) -> dict | None:
-    """The summary of samples already made with these settings, else None. Samples made with
-    other settings (or a damaged summary) are removed; the finished batches of a generation
-    stopped midway with these settings are kept (`_Batches`)."""
+def _finished(run: RunDir, samples: Samples, settings: dict, *, tidy: bool = True) -> dict | None:
+    """The summary of samples already made with these settings, else None. With `tidy`,
+    samples made with other settings (or a damaged summary) are removed; the finished batches
+    of a generation stopped midway with these settings are kept (`_Batches`)."""
     if samples.generation.is_file() and samples.summary.is_file():
         try:
             summary = run.read_json(samples.summary)
@@ -84,7 +85,7 @@ def _finished(run: RunDir, samples: Samples, settings: dict) -> dict | None:
             summary = {}
         if summary.get("generate") == settings:
             return summary
-    if samples.dir.is_dir() and _Batches(run, samples).settings() != settings:
+    if tidy and samples.dir.is_dir() and _Batches(run, samples).settings() != settings:
         shutil.rmtree(samples.dir)
     return None
 
@@ -192,30 +193,58 @@ def _batch(model, sentences: _Sentences, chunk: list[str], gen: GenerateConfig, 
 
 
 @torch.no_grad()
-def generate_split(model, cfg: RunConfig, prepared, run: RunDir, device, condition: str) -> dict:
+def generate_split(
+    model, cfg: RunConfig, prepared, run: RunDir, device, condition: str
+) -> dict | None:
     """Generate the split's sentences under one condition (`tts`: from the text alone;
     `continuation`: after another utterance's codes, given its text + the sentence; `novel`:
     the `novel` split's sentences, of words held out of training, from the text alone): wavs
-    of the generated part, codes and one JSON line per utterance -> the summary."""
-    gen, samples, codec = cfg.generate, run.samples(condition), prepared.codec
+    of the generated part, codes and one JSON line per utterance -> the summary (None on
+    ranks other than 0). Under torchrun every rank generates a share of the batches (batch i
+    on rank i % world) and rank 0 gathers them: bitwise the samples of one process, since
+    each utterance's sampling is seeded by its id."""
+    gen, samples = cfg.generate, run.samples(condition)
     settings = _settings(gen, condition)
-    if (summary := _finished(run, samples, settings)) is not None:
-        return summary
+    summary = dist.main_first(lambda: _finished(run, samples, settings, tidy=dist.is_main()))
+    if summary is not None:
+        return summary if dist.is_main() else None
     sentences, batches = _Sentences(cfg, prepared, condition), _Batches(run, samples)
-    batches.begin(settings)
-    records, codes = [], {}
+    dist.main_first(lambda: batches.begin(settings) if dist.is_main() else None)
     model.eval()
     starts = range(0, len(sentences.ids), gen.batch_size)
-    for start in tqdm(starts, desc=f"generate {condition}", unit="batch"):
-        if (done := batches.load(start)) is None:
+    mine = starts[dist.rank() :: dist.world()]
+    for start in tqdm(mine, desc=f"generate {condition}", unit="batch", disable=not dist.is_main()):
+        if batches.load(start) is None:
             chunk = sentences.ids[start : start + gen.batch_size]
-            done = [], {}
-            for uid, n, out, guard, seconds in _batch(model, sentences, chunk, gen, device):
-                audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
-                save_audio(samples.wav(uid), audio, codec.sample_rate)
-                done[1][uid] = out.codes.to(torch.int16).contiguous()
-                done[0].append(sentences.record(uid, n, out, guard, seconds))
-            batches.save(start, *done)
+            batches.save(
+                start, *_generated(model, sentences, chunk, gen, device, samples, prepared)
+            )
+    dist.barrier()
+    summary = (
+        _gather(run, samples, batches, starts, settings, condition) if dist.is_main() else None
+    )
+    dist.barrier()
+    return summary
+
+
+def _generated(model, sentences, chunk, gen, device, samples: Samples, prepared):
+    """One batch generated and its wavs written -> (its JSON lines, its codes by id)."""
+    codec, records, codes = prepared.codec, [], {}
+    for uid, n, out, guard, seconds in _batch(model, sentences, chunk, gen, device):
+        audio = codec.decode(out.codes) if out.codes.shape[1] else torch.zeros(0)
+        save_audio(samples.wav(uid), audio, codec.sample_rate)
+        codes[uid] = out.codes.to(torch.int16).contiguous()
+        records.append(sentences.record(uid, n, out, guard, seconds))
+    return records, codes
+
+
+def _gather(run: RunDir, samples: Samples, batches, starts, settings: dict, condition: str):
+    """Every finished batch, in order, into the condition's codes, lines and summary."""
+    records, codes = [], {}
+    for start in starts:
+        done = batches.load(start)
+        if done is None:
+            raise RunDirError(f"{batches.dir}: the batch at {start} was not written")
         records += done[0]
         codes.update(done[1])
     atomic_save(samples.codes, lambda tmp: save_file(codes, str(tmp)))

@@ -23,6 +23,7 @@ backend. `paper` keeps sequence positions and no code dropout until the recipe i
 LJSpeech.
 """
 
+import copy
 import functools
 import itertools
 import math
@@ -373,70 +374,57 @@ def preset(name: str, model: str, seed: int = 0) -> RunConfig:
     return cfg
 
 
+_DATA = {
+    "tiny": DataConfig(
+        embedded=EmbeddedSettings(n_sentences=48, n_novel=4), fit_seconds=60, max_seconds=6.0
+    ),
+    # 100 sentences of words held out of train, valid and test: the `novel` condition
+    "cpu": DataConfig(embedded=EmbeddedSettings(n_novel=100)),
+    "paper": DataConfig(corpus="ljspeech", max_seconds=15.0),
+}
+_TRAIN = {
+    "tiny": TrainConfig(
+        steps=20, batch_size=4, micro_batch_size=4, warmup_steps=5, eval_every=10, log_every=5
+    ),
+    "cpu": TrainConfig(
+        steps=100_000,
+        budget_flops=CPU_BUDGET_FLOPS,  # ends training before the steps do
+        batch_size=8,
+        micro_batch_size=8,
+        lr=2e-3,
+        warmup_steps=30,
+        eval_every=100,
+        max_minutes=90.0,  # a safety cap only
+    ),
+    "paper": TrainConfig(
+        steps=1_000_000,  # the FLOPs budget ends training first
+        budget_flops=PAPER_BUDGET_FLOPS,
+        # 64 utterances a step (~7 min of LJSpeech), 16 a forward pass on each GPU
+        batch_size=64,
+        micro_batch_size=16,
+        lr=3e-4,
+        warmup_steps=2000,
+        eval_every=2000,  # also a checkpoint; train.checkpoint_minutes adds more
+    ),
+}
+_GENERATE = {
+    "tiny": GenerateConfig(limit=3, batch_size=3, max_seconds=4.0),
+    "cpu": GenerateConfig(limit=40),
+    "paper": GenerateConfig(limit=None),
+}
+
+
 def _preset(name: str, model: str, seed: int) -> RunConfig:
     if name not in _MODELS:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {sorted(_MODELS)}")
     if model not in BACKENDS:
         raise ConfigError(f"unknown model {model!r}; valid models: {sorted(BACKENDS)}")
-    model_cfg = replace(_MODELS[name], name=model, **matched_depths(name, model))
-    if name == "tiny":
-        return RunConfig(
-            preset=name,
-            seed=seed,
-            data=DataConfig(
-                embedded=EmbeddedSettings(n_sentences=48, n_novel=4),
-                fit_seconds=60,
-                max_seconds=6.0,
-            ),
-            codec=replace(_CODECS[name]),
-            model=model_cfg,
-            train=TrainConfig(
-                steps=20,
-                batch_size=4,
-                micro_batch_size=4,
-                warmup_steps=5,
-                eval_every=10,
-                log_every=5,
-                seed=seed,
-            ),
-            generate=GenerateConfig(limit=3, batch_size=3, max_seconds=4.0),
-        )
-    if name == "cpu":
-        return RunConfig(
-            preset=name,
-            seed=seed,
-            # 100 sentences of words held out of train, valid and test: the `novel` condition
-            data=DataConfig(embedded=EmbeddedSettings(n_novel=100)),
-            codec=replace(_CODECS[name]),
-            model=model_cfg,
-            train=TrainConfig(
-                steps=100_000,  # the FLOPs budget ends training first
-                budget_flops=CPU_BUDGET_FLOPS,
-                batch_size=8,
-                micro_batch_size=8,
-                lr=2e-3,
-                warmup_steps=30,
-                eval_every=100,
-                max_minutes=90.0,  # safety cap only
-                seed=seed,
-            ),
-            generate=GenerateConfig(limit=40),
-        )
     return RunConfig(
         preset=name,
         seed=seed,
-        data=DataConfig(corpus="ljspeech", max_seconds=15.0),
+        data=copy.deepcopy(_DATA[name]),
         codec=replace(_CODECS[name]),
-        model=model_cfg,
-        train=TrainConfig(
-            steps=1_000_000,  # the FLOPs budget ends training first
-            budget_flops=PAPER_BUDGET_FLOPS,
-            batch_size=64,
-            micro_batch_size=16,
-            lr=3e-4,
-            warmup_steps=2000,
-            eval_every=2000,
-            seed=seed,
-        ),
-        generate=GenerateConfig(limit=None),
+        model=replace(_MODELS[name], name=model, **matched_depths(name, model)),
+        train=replace(_TRAIN[name], seed=seed),
+        generate=copy.deepcopy(_GENERATE[name]),
     )

@@ -91,11 +91,12 @@ def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) ->
     model.load_state_dict(best["model"])
     result["test"] = held_out.measure(model, trainer.device)  # collective: every rank
     result["best_step"], result["eval_split"] = best["step"], cfg.generate.split
+    generation = {  # every rank a share of the sentences
+        c: generate_split(model, cfg, prepared, run, trainer.device, c)
+        for c in cfg.generate.conditions
+    }
     if dist.is_main():
-        result["generation"] = {
-            c: generate_split(model, cfg, prepared, run, trainer.device, c)
-            for c in cfg.generate.conditions
-        }
+        result["generation"] = generation
         run.write_json(run.test_metrics, result)
     dist.barrier()
     return result

@@ -114,16 +114,6 @@ class Prepared:
     manifest: dict = field(default_factory=dict)
 
 
-def _main_first(make):
-    """make() on rank 0, then (from what rank 0 wrote) on the other ranks of a torchrun."""
-    if dist.is_main():
-        made = make()
-    dist.barrier()
-    if not dist.is_main():
-        made = make()
-    return made
-
-
 def prepare(
     cfg: DataConfig, codec_cfg: CodecConfig, *, progress: bool = True, device="cpu"
 ) -> Prepared:
@@ -136,7 +126,7 @@ def prepare(
         corpus = open_corpus(cfg)
         return corpus, fitted_codec(cfg, codec_cfg, corpus, device)
 
-    corpus, codec = _main_first(corpus_and_codec)
+    corpus, codec = dist.main_first(corpus_and_codec)
     phonemizer = Phonemizer()
     key = digest(
         DATASET_VERSION,
@@ -155,7 +145,7 @@ def prepare(
     if (manifest := _intact_manifest(manifest_path, len(shards))) is not None:
         return Prepared(cache_dir, codec, manifest)
     start = time.perf_counter()
-    _main_first(lambda: remove_stale_temps(cache_dir) if dist.is_main() else None)
+    dist.main_first(lambda: remove_stale_temps(cache_dir) if dist.is_main() else None)
     mine = range(dist.rank(), len(shards), dist.world())
     shown = progress and dist.is_main()
     bar = tqdm(total=sum(len(shards[i]) for i in mine), desc="dataset cache", unit="utt",

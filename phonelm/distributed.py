@@ -54,6 +54,14 @@ def barrier() -> None:
         dist.barrier()
 
 
+def main_first(make):
+    """make() on rank 0, then on the other ranks, which see what rank 0 wrote (a corpus, a
+    fitted codec, a tidied folder) -> what each rank's make() returned."""
+    made = make() if is_main() else None
+    barrier()
+    return made if is_main() else make()
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)

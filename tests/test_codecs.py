@@ -129,7 +129,7 @@ def test_untrained_checkpoint_is_refused(tmp_path):
         import_encodec().EncodecModel.encodec_model_24khz(pretrained=False).state_dict(), path
     )
     with pytest.raises(
-        CodecError, match=r"untrained.th: EnCodec codebooks \[1, 2, 3, 4\] are all zero"
+        CodecError, match=r"untrained.th: EnCodec codebooks \[1, 2, 3, 4\] were never initialised"
     ):
         build_codec(CodecConfig(name="encodec", weights=str(path), bandwidth=3.0))
 

@@ -88,9 +88,9 @@ def test_killed_run_resumes_to_the_same_result(model, tmp_path, data_root):
     K=4, two threads: train.deterministic keeps the reductions in one order)."""
     args = ["model.dropout=0.1", "codec.n_codebooks=4", "data.fit_seconds=30"]
     threads = {"OMP_NUM_THREADS": "2"}
-    straight = cli(*tiny(model, tmp_path / "a", data_root, *args, steps=30), env=threads)
+    straight = cli(*tiny(model, tmp_path / "a", data_root, *args, steps=12), env=threads)
     assert straight.wait() == 0, straight.stderr.read()[-3000:]
-    command = tiny(model, tmp_path / "b", data_root, *args, steps=30)
+    command = tiny(model, tmp_path / "b", data_root, *args, steps=12)
     proc = cli(*command, env=threads)
     run_dir = tmp_path / "b" / f"{model}-tiny-seed0"
     wait_for_step(run_dir, 5, proc)

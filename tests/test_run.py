@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -197,26 +198,21 @@ def test_a_second_set_adds_to_the_first(tmp_path, capsys):
     assert not any(tmp_path.iterdir())
 
 
-def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
-    cfg = preset("tiny", "megabyte")
-    cfg.data.root = str(data_root)
-    cfg.train.steps, cfg.train.eval_every, cfg.train.log_every = 4, 2, 1
-    prepared = prepare(cfg.data, cfg.codec, progress=False)
+def _tiny_trainer(cfg, prepared, run_dir):
+    torch.manual_seed(0)
+    return Trainer(
+        build_backend(replace(cfg.model, n_codebooks=2)),
+        cfg.train,
+        cache_dir=prepared.cache_dir,
+        run_dir=run_dir,
+        data=cfg.data,
+        frame_rate=75.0,
+    )
 
-    def trainer(run_dir):
-        torch.manual_seed(0)
-        return Trainer(
-            build_backend(replace(cfg.model, n_codebooks=2)),
-            cfg.train,
-            cache_dir=prepared.cache_dir,
-            run_dir=run_dir,
-            data=cfg.data,
-            frame_rate=75.0,
-        )
 
-    straight = trainer(tmp_path / "a")
-    straight.fit()
-
+def _stopped_at_step_3(monkeypatch, make):
+    """Train `make()` until step 3 raises KeyboardInterrupt -> a new trainer of the same run
+    directory (resumed from its last checkpoint)."""
     real_lr = train_module.lr_at
 
     def crash_at_step_3(step, *args):
@@ -226,9 +222,19 @@ def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
 
     monkeypatch.setattr(train_module, "lr_at", crash_at_step_3)
     with pytest.raises(KeyboardInterrupt):
-        trainer(tmp_path / "b").fit()
+        make().fit()
     monkeypatch.setattr(train_module, "lr_at", real_lr)
-    resumed = trainer(tmp_path / "b")
+    return make()
+
+
+def test_interrupted_training_resumes_exactly(tmp_path, data_root, monkeypatch):
+    cfg = preset("tiny", "megabyte")
+    cfg.data.root = str(data_root)
+    cfg.train.steps, cfg.train.eval_every, cfg.train.log_every = 4, 2, 1
+    prepared = prepare(cfg.data, cfg.codec, progress=False)
+    straight = _tiny_trainer(cfg, prepared, tmp_path / "a")
+    straight.fit()
+    resumed = _stopped_at_step_3(monkeypatch, lambda: _tiny_trainer(cfg, prepared, tmp_path / "b"))
     assert resumed.step == 2  # picked up the checkpoint written at step 2
     resumed.fit()
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
@@ -250,7 +256,8 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
         "train.micro_batch_size=4",
         "train.log_every=1",
         "train.eval_every=4",
-        "generate.limit=1",
+        "generate.limit=3",
+        "generate.batch_size=1",
         "generate.max_seconds=0.5",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -263,23 +270,28 @@ def test_two_process_torchrun_matches_one_process(tmp_path, data_root):
         capture_output=True,
     )
     torchrun = Path(sys.executable).parent / "torchrun"
+
+    def on_two_ranks(out: Path) -> None:
+        command = [str(torchrun), "--standalone", "--nproc_per_node=2", "experiments/run.py",
+                   "--out", str(out), *common]  # fmt: skip
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
     double = tmp_path / "two"
-    proc = subprocess.run(
-        [
-            str(torchrun),
-            "--standalone",
-            "--nproc_per_node=2",
-            "experiments/run.py",
-            "--out",
-            str(double),
-            *common,
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    on_two_ranks(double)
+    # the one-process run's sentences generated again over two ranks (batch i on rank i % 2,
+    # gathered by rank 0): bitwise the same codes and lines
+    samples = single / "flat-tiny-seed0" / "samples"
+    codes, lines = (samples / "codes.safetensors").read_bytes(), (samples / "generation.jsonl")
+    lines = [json.loads(x) for x in lines.read_text().splitlines()]
+    shutil.rmtree(samples)
+    on_two_ranks(single)
+    assert (samples / "codes.safetensors").read_bytes() == codes
+    again = [json.loads(x) for x in (samples / "generation.jsonl").read_text().splitlines()]
+    timeless = [[{k: v for k, v in r.items() if "seconds" not in k and k != "real_time_factor"}
+                 for r in rows] for rows in (lines, again)]  # fmt: skip
+    assert len(timeless[0]) == 2 and timeless[0] == timeless[1]  # the split's 2, a batch a rank
+    assert not (samples / "partial").exists()
 
     def losses(out):
         lines = (out / "flat-tiny-seed0" / "metrics.jsonl").read_text().splitlines()
@@ -404,18 +416,6 @@ def test_a_screen_on_valid_never_reads_the_test_split(tmp_path, data_root):
     assert {json.loads(x)["id"] for x in samples.open()} <= set(valid.ids)
 
 
-def _tiny_trainer(cfg, prepared, run_dir):
-    torch.manual_seed(0)
-    return Trainer(
-        build_backend(replace(cfg.model, n_codebooks=2)),
-        cfg.train,
-        cache_dir=prepared.cache_dir,
-        run_dir=run_dir,
-        data=cfg.data,
-        frame_rate=75.0,
-    )
-
-
 def test_precision_settings_train_and_fp16_resumes_from_a_step_checkpoint(
     tmp_path, data_root, monkeypatch
 ):
@@ -438,18 +438,8 @@ def test_precision_settings_train_and_fp16_resumes_from_a_step_checkpoint(
     assert same(trained["auto"], trained["fp32"])
     assert not same(trained["bf16"], trained["fp32"]) and not same(trained["fp16"], trained["fp32"])
 
-    real_lr = train_module.lr_at
-
-    def crash_at_step_3(step, *args):
-        if step == 3:
-            raise KeyboardInterrupt
-        return real_lr(step, *args)
-
-    monkeypatch.setattr(train_module, "lr_at", crash_at_step_3)
-    with pytest.raises(KeyboardInterrupt):
-        _tiny_trainer(cfg, prepared, tmp_path / "stopped").fit()
-    monkeypatch.setattr(train_module, "lr_at", real_lr)
-    resumed = _tiny_trainer(cfg, prepared, tmp_path / "stopped")
+    stopped = tmp_path / "stopped"
+    resumed = _stopped_at_step_3(monkeypatch, lambda: _tiny_trainer(cfg, prepared, stopped))
     assert resumed.step == 2 and resumed.scaler.is_enabled()  # the step checkpoint, not an eval
     resumed.fit()
     assert same([p.detach() for p in resumed.model.parameters()], trained["fp16"])

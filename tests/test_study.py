@@ -62,3 +62,37 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     assert all("wer_second" in u for u in scores["utterances"])
     assert "Kendall tau" in section
     assert "Picks of `demo`" in section and "| delay |" in section.split("Picks of")[1]
+
+
+def test_a_screen_pick_is_the_lowest_wer_and_a_tie_goes_to_bits_per_code():
+    """The rule fixed before the screens were read (docs/study.md)."""
+    import numpy as np
+    import pandas as pd
+
+    from eval.study import pick
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.5, 1.0, size=40)
+    ids = [f"u{i}" for i in range(40)]
+
+    def utterances(**wers):
+        return pd.DataFrame(
+            [
+                {"variant": v, "id": i, "wer": w}
+                for v, ws in wers.items()
+                for i, w in zip(ids, ws, strict=True)
+            ]  # fmt: skip
+        )
+
+    def screened(utts, bits):
+        means = utts.groupby("variant")["wer"].mean()
+        return pd.DataFrame(
+            [{"variant": v, "wer_mean": means[v], "bits_per_code": b} for v, b in bits.items()]
+        )
+
+    clear = utterances(a=base - 0.3, b=base, c=base + 0.1)  # `a` better on every sentence
+    assert pick(screened(clear, {"a": 5.0, "b": 4.0, "c": 3.0}), clear) == ("a", "lowest WER")
+    noise = rng.normal(0, 0.05, size=40)  # `a` and `b` differ by noise: a tie, `c` is worse
+    tie = utterances(a=base, b=base + noise - noise.mean() + 0.001, c=base + 0.3)
+    chosen, why = pick(screened(tie, {"a": 5.0, "b": 4.0, "c": 3.0}), tie)
+    assert chosen == "b" and why == "WER ties `a`, `b`: lowest bits/code"

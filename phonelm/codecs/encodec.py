@@ -160,12 +160,15 @@ class EncodecCodec(Codec):
         except Exception as err:
             raise CodecError(f"{path} is not an EnCodec 24 kHz state dict: {err}") from err
         layers = model.quantizer.vq.layers[: self.n_codebooks]
-        empty = [i + 1 for i, layer in enumerate(layers) if not layer._codebook.embed.any()]
-        if empty:  # a checkpoint of an untrained model: every code would be 0
+        # a codebook's k-means initialisation happens in its first training step: a checkpoint
+        # saved before it has all-zero codebooks, and every code would be 0
+        books = [layer._codebook for layer in layers]
+        empty = [i + 1 for i, b in enumerate(books) if not b.inited.any() and not b.embed.any()]
+        if empty:
             raise CodecError(
-                f"{path}: EnCodec codebooks {empty} are all zero (weights saved before any "
-                "training), so every code would be 0; use trained weights, or codec.weights="
-                "random (codebooks fitted on the corpus)"
+                f"{path}: EnCodec codebooks {empty} were never initialised (weights saved before "
+                "any training: all zero), so every code would be 0; use trained weights, or "
+                "codec.weights=random (codebooks fitted on the corpus)"
             )
         return model
 
