@@ -10,6 +10,7 @@
 
 import hashlib
 import re
+import socket
 import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -116,6 +117,9 @@ def _read_splits(path: Path, ids: set[str]) -> dict[str, str]:
     return fixed
 
 
+DOWNLOAD_TIMEOUT_S = 60.0  # seconds without a byte before the download fails
+
+
 def download_ljspeech(dest: str | Path) -> Path:
     """Download and unpack LJSpeech-1.1 into dest (needs internet); returns the corpus root."""
     from torch.hub import download_url_to_file
@@ -127,6 +131,8 @@ def download_ljspeech(dest: str | Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     archive = dest / "LJSpeech-1.1.tar.bz2"
     if not archive.is_file():
+        before = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a stalled connection ends, not hangs
         try:
             download_url_to_file(LJSPEECH_URL, str(archive), hash_prefix=LJSPEECH_SHA256)
         except (OSError, RuntimeError) as err:  # URLError is an OSError; a bad hash RuntimeError
@@ -134,6 +140,8 @@ def download_ljspeech(dest: str | Path) -> Path:
                 f"could not download LJSpeech-1.1 into {dest} ({err}); download and unpack it "
                 "yourself, then pass --corpus /path/to/LJSpeech-1.1 (or data.corpus=...)"
             ) from err
+        finally:
+            socket.setdefaulttimeout(before)
     with tarfile.open(archive) as tar:
         tar.extractall(dest, filter="data")
     return root

@@ -142,18 +142,24 @@ def test_a_kill_between_the_checkpoint_writes_leaves_the_result_unchanged(
 
 
 def test_an_offline_ljspeech_download_is_one_line_saying_what_to_do(tmp_path, monkeypatch):
+    import socket
     import urllib.error
 
     import torch.hub
 
     from phonelm.corpus import CorpusError, download_ljspeech
 
+    waited = []
+
     def offline(*args, **kwargs):
+        waited.append(socket.getdefaulttimeout())
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    before = socket.getdefaulttimeout()
     with pytest.raises(CorpusError, match="pass --corpus /path/to/LJSpeech-1.1"):
         download_ljspeech(tmp_path)
+    assert waited == [60.0] and socket.getdefaulttimeout() == before  # a stall ends, not hangs
 
 
 def test_corpus_flag_names_the_corpus_the_user_prepared(tmp_path):
