@@ -11,6 +11,5 @@ if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-
 fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
-# one worker per core, a test file per worker (its module fixtures built once); the slowest
-# tests are listed at the end
-.venv/bin/python -m pytest -n "${PHONELM_TEST_WORKERS:-auto}" --dist loadfile --durations=15 "$@"
+# the slowest tests are listed at the end
+.venv/bin/python -m pytest --durations=15 "$@"
