@@ -3,13 +3,13 @@ a full disk, followed by the same command, gives bitwise the uninterrupted resul
 killed process left half-written is removed; a full disk during generation and a read-only
 results folder during scoring are one line, exit 1."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from experiments.run import main as run
 from phonelm.run_dir import RunDir
@@ -41,6 +41,31 @@ def straight(tmp_path_factory, data_root):
     """The uninterrupted run: (its result, its generated codes' bytes)."""
     out = tmp_path_factory.mktemp("straight")
     [result] = run(tiny(out, data_root))
+    return result, (out / RUN / "samples" / "codes.safetensors").read_bytes()
+
+
+# The SIGKILL test's runs are each a fresh process with this environment: the pytest process's
+# arithmetic may differ from a new one's in the last bit (seen on the CI machine, not here), and
+# "the same command again" is a new process anyway.
+THREADS = {**os.environ, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=THREADS, timeout=600)
+
+
+def _cli_run(out: Path, data_root: Path) -> dict:
+    """experiments/run.py in a new process -> the run's result (its test_metrics.json)."""
+    done = _cli(sys.executable, str(ROOT / "experiments" / "run.py"), *tiny(out, data_root))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((out / RUN / "test_metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def straight_cli(tmp_path_factory, data_root):
+    """The uninterrupted run as a command of its own: (its result, its codes' bytes)."""
+    out = tmp_path_factory.mktemp("straight_cli")
+    result = _cli_run(out, data_root)
     return result, (out / RUN / "samples" / "codes.safetensors").read_bytes()
 
 
@@ -88,23 +113,13 @@ main(args)
     [("best", "0.5"), ("best", "renamed"), ("last", "0.0"), ("last", "0.999"), ("last", "renamed")],
 )
 def test_a_sigkill_at_any_point_of_a_checkpoint_write_changes_no_result(
-    name, cut, tmp_path, data_root, straight
+    name, cut, tmp_path, data_root, straight_cli
 ):
-    import json
-
-    args = tiny(tmp_path, data_root)
-    proc = subprocess.run(
-        [sys.executable, "-c", KILLER, name, cut, json.dumps(args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},  # as in here:
-        timeout=600,  # another thread count sums in another order
-    )
+    proc = _cli(sys.executable, "-c", KILLER, name, cut, json.dumps(tiny(tmp_path, data_root)))
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed where it was meant to be
     assert not (tmp_path / RUN / "test_metrics.json").exists()
-    [again] = run(args)
-    _same_as(straight, tmp_path, again)
+    again = _cli_run(tmp_path, data_root)  # the same command again
+    _same_as(straight_cli, tmp_path, again)
     left = [p.name for p in (tmp_path / RUN).rglob("*") if p.name.endswith((".tmp", ".new.pt"))]
     assert left == []  # what the kill left half-written is gone
 
