@@ -13,7 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.patterns import Pattern
+from models import decoding
+from models.patterns import make_pattern
 from phonelm.batching import Batch
 from phonelm.sampling import Chooser, Prompted, Sampling
 from phonelm.text import VOCAB
@@ -95,7 +96,7 @@ class Backend(nn.Module, ABC):
                 f"got {cfg.phoneme_stride}"
             )
         self.cfg = cfg
-        self.pattern = Pattern(self.pattern_name, cfg.n_codebooks)
+        self.pattern = make_pattern(self.pattern_name, cfg.n_codebooks)
 
     @abstractmethod
     def forward(self, batch: Batch) -> ForwardOutput: ...
@@ -106,6 +107,13 @@ class Backend(nn.Module, ABC):
         [b, F_b, 0]'s class V is the stop decision (-inf where a class cannot occur)."""
 
     @abstractmethod
+    def stepper(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, cached: bool):
+        """The backend's incremental view of a batch being generated (`models/decoding.py`
+        `Stepper`): logits of the codes of a step of its pattern, from the codes fed so far.
+        Autoregressive parts use a static key/value cache, or with cached=False recompute the
+        whole sequence each step (models/kv_cache.py): the codes are the same."""
+
+    @torch.no_grad()
     def decode(
         self,
         phonemes: list[torch.Tensor],
@@ -115,10 +123,12 @@ class Backend(nn.Module, ABC):
         cached: bool = True,
     ):
         """-> (codes [B, K, F_max], lengths [B], stopped [B]); item b gets at most limits[b]
-        frames. Codebook k of frame f is chosen by `choose(logits, k, f, history)` (or, for a
-        stage filling all frames at once, `choose.all_frames(logits, k)`). Autoregressive steps
-        use a static key/value cache, or with cached=False recompute the whole sequence each
-        step (models/kv_cache.py): the codes are the same."""
+        frames. The one decode loop walks the pattern's steps (`models/decoding.py`): codebook k
+        of frame f is chosen by `choose(logits, k, f, history)` (or, for a stage filling many
+        frames at once, `choose.all_frames(logits, k, first)`)."""
+        stepper = self.stepper(phonemes, limits=limits, cached=cached)
+        stop = self.cfg.codebook_size
+        return decoding.decode(self.pattern, stepper, limits=limits, choose=choose, stop=stop)
 
     @abstractmethod
     def forward_flops(self, batch: Batch) -> int:

@@ -191,39 +191,6 @@ class CodebookHeads(nn.Module):
         return torch.einsum("bfd,bdv->bfv", hidden, self.weight[index]) + self.bias[index, None]
 
 
-class Decoded:
-    """Codes being generated for a batch, with each item's stop decision and length guard, for
-    any ordering that fills each codebook frame by frame (every pattern here does).
-
-    `codes` [B, K, max(limits)]; `record(token, k, frame)` stores a chosen token (a stop on
-    codebook 1 before an item's current length ends that item at `frame`; an item that never
-    stops ends at its own limit, unstopped) and says whether every item is done: its length is
-    known and every codebook is filled up to it (delay's tail included).
-    """
-
-    def __init__(self, limits: torch.Tensor, n_codebooks: int, stop: int):
-        b, self.stop = limits.shape[0], stop
-        self.codes = torch.zeros(
-            b, n_codebooks, int(limits.max()), dtype=torch.long, device=limits.device
-        )
-        self.lengths = limits.clone()
-        self.stopped = torch.zeros(b, dtype=torch.bool, device=limits.device)
-        self.filled = [0] * n_codebooks  # frames recorded so far, per codebook
-
-    def record(self, token: torch.Tensor, k: int, frame: int) -> bool:
-        if k == 0:
-            now = (token == self.stop) & (frame < self.lengths)
-            self.lengths[now] = frame
-            self.stopped = self.stopped | now
-        self.codes[:, k, frame] = token.clamp_max(self.stop - 1)
-        self.filled[k] = frame + 1
-        return min(self.filled) >= int(self.lengths.max())
-
-    def result(self):
-        """-> (codes [B, K, F_max] cut to the longest, lengths [B], stopped [B])."""
-        return self.codes[..., : int(self.lengths.max())], self.lengths, self.stopped
-
-
 def phoneme_prefix(
     emb: nn.Embedding, bos: torch.Tensor, ids: torch.Tensor, ph_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,7 +13,6 @@ from models import flops
 from models.base import ModelConfig
 from models.blocks import (
     CodebookHeads,
-    Decoded,
     attention_stack,
     codebook_offsets,
     drop_codes,
@@ -24,16 +23,15 @@ from models.blocks import (
     run_stack,
 )
 from models.kv_cache import stack_decoder, window
-from models.patterns import Pattern
+from models.patterns import make_pattern
 from models.positions import sequence_positions
-from phonelm.sampling import Chooser
 
 
 class CodeStream(nn.Module):
     def __init__(self, cfg: ModelConfig, *, n_streams: int, depth: int):
         super().__init__()
         self.cfg, self.depth = cfg, depth
-        self.pattern = Pattern("flat", n_streams)
+        self.pattern = make_pattern("flat", n_streams)
         self.k, self.v = n_streams, cfg.codebook_size
         self.phoneme_emb = nn.Embedding(cfg.n_phonemes, cfg.dim)
         self.code_emb = nn.Embedding(n_streams * cfg.codebook_size, cfg.dim)
@@ -87,31 +85,35 @@ class CodeStream(nn.Module):
     def targets(self, codes: torch.Tensor, lengths: torch.Tensor, prompt_lengths=None):
         return frame_targets(codes, lengths, self.v, prompt_lengths)
 
-    @torch.no_grad()
-    def decode(
-        self,
-        phonemes: list[torch.Tensor],
-        *,
-        limits: torch.Tensor,
-        choose: Chooser,
-        cached: bool = True,
-    ):
-        """KV-cached decoding -> (codes [B, S, F_max], lengths [B], stopped [B])."""
+    def stepper(self, phonemes: list[torch.Tensor], *, limits: torch.Tensor, cached: bool = True):
+        """The incremental view `models/decoding.py` decodes through (KV-cached)."""
+        return _Stepper(self, phonemes, int(limits.max()), cached)
+
+
+class _Stepper:
+    """One code a step: the head of the code's codebook on the last hidden state; a chosen code
+    is embedded (codebook-specific) and fed."""
+
+    def __init__(self, stream: CodeStream, phonemes, n_frames: int, cached: bool):
         ids, ph_mask = pad_phonemes(phonemes)
-        (b, p), n = ids.shape, int(limits.max())
-        pos = self._positions(ph_mask, 1 + n * self.k)  # [B, P + 1 + F * S] or None
-        decoder = stack_decoder(self.stack, batch=b, capacity=p + 1 + n * self.k, cached=cached)
-        x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        last = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid, prefix=p)[:, -1]
-        out = Decoded(limits, self.k, self.v)
-        for frame in range(n):
-            for k in range(self.k):
-                token = choose(self.heads.one(last, k), k, frame, out.codes[:, k, :frame])
-                if out.record(token, k, frame):
-                    return out.result()
-                token = out.codes[:, k, frame]
-                at = decoder.length
-                last = decoder.step(
-                    self.code_emb(token + k * self.v)[:, None], pos=window(pos, at, at + 1)
-                )[:, -1]
-        return out.result()
+        (b, p), k = ids.shape, stream.k
+        self.stream = stream
+        self.pos = stream._positions(ph_mask, 1 + n_frames * k)  # [B, P + 1 + F * S] or None
+        capacity = p + 1 + n_frames * k
+        self.decoder = stack_decoder(stream.stack, batch=b, capacity=capacity, cached=cached)
+        x, valid = phoneme_prefix(stream.phoneme_emb, stream.bos, ids, ph_mask)
+        self.last = self.decoder.step(x, pos=window(self.pos, 0, p + 1), valid=valid, prefix=p)
+        self.last = self.last[:, -1]
+
+    def logits(self, k: int, frames: slice, out) -> torch.Tensor:
+        return self.stream.heads.one(self.last, k)[:, None]
+
+    def feed(self, k: int, codes: torch.Tensor) -> None:
+        """codes [B] of codebook k, the next position of the stream."""
+        at = self.decoder.length
+        emb = self.stream.code_emb(codes + k * self.stream.v)[:, None]
+        self.last = self.decoder.step(emb, pos=window(self.pos, at, at + 1))[:, -1]
+
+    def feed_step(self, step: int, coords: list[int], out) -> None:
+        frame, k = divmod(coords[0], self.stream.k)
+        self.feed(k, out.codes[:, k, frame])

@@ -17,7 +17,6 @@ from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
-    Decoded,
     attention_stack,
     codebook_offsets,
     drop_codes,
@@ -87,30 +86,35 @@ class Delay(Backend):
             flops.linear(b * (f + 1) * k, cfg.dim, cfg.codebook_size + 1)
         )
 
-    @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose, cached=True):
-        cfg = self.cfg
-        k, v = cfg.n_codebooks, cfg.codebook_size
+    def stepper(self, phonemes, *, limits, cached):
+        return _Stepper(self, phonemes, int(limits.max()), cached)
+
+
+class _Stepper:
+    """Step s predicts codebook k of frame s - k for every k from one hidden state; the step's
+    codes (a blank where a codebook has no frame, or past an item's end) are then fed, summed."""
+
+    def __init__(self, model: Delay, phonemes, n_frames: int, cached: bool):
+        cfg, self.model = model.cfg, model
         ids, ph_mask = pad_phonemes(phonemes)
-        (b, p), n = ids.shape, int(limits.max())
-        pos = sequence_positions(cfg, ph_mask, n + k)  # [B, P + 1 + F + K - 1] or None
-        decoder = stack_decoder(self.stack, batch=b, capacity=p + n + k, cached=cached)
-        x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid, prefix=p)
-        out = Decoded(limits, k, v)
-        for s in range(n + k - 1):
-            step = torch.full((b, k), v, dtype=torch.long, device=ids.device)  # blanks
-            done = False
-            for i in range(k):
-                f = s - i  # codebook i of frame f is chosen at step s
-                if not 0 <= f < n:
-                    continue
-                token = choose(self.heads.one(h[:, -1], i), i, f, out.codes[:, i, :f])
-                done = out.record(token, i, f)
-                step[:, i] = torch.where(f < out.lengths, out.codes[:, i, f], v)
-            if done:
-                break
-            h = decoder.step(
-                self._embed_steps(step[:, :, None]), pos=window(pos, p + 1 + s, p + 2 + s)
-            )
-        return out.result()
+        (b, p), k = ids.shape, cfg.n_codebooks
+        self.p = p
+        self.pos = sequence_positions(cfg, ph_mask, n_frames + k)  # [B, P + 1 + F + K - 1]
+        capacity = p + n_frames + k
+        self.decoder = stack_decoder(model.stack, batch=b, capacity=capacity, cached=cached)
+        x, valid = phoneme_prefix(model.phoneme_emb, model.bos, ids, ph_mask)
+        self.h = self.decoder.step(x, pos=window(self.pos, 0, p + 1), valid=valid, prefix=p)
+
+    def logits(self, k: int, frames: slice, out) -> torch.Tensor:
+        return self.model.heads.one(self.h[:, -1], k)[:, None]
+
+    def feed_step(self, step: int, coords: list[int], out) -> None:
+        k, blank = self.model.cfg.n_codebooks, self.model.cfg.codebook_size
+        inputs = torch.full_like(out.codes[:, :, 0], blank)  # [B, K]
+        for i, c in enumerate(coords):  # slot i holds codebook i
+            if c >= 0:
+                inputs[:, i] = torch.where(c // k < out.lengths, out.codes[:, i, c // k], blank)
+        at = self.p + 1 + step
+        self.h = self.decoder.step(
+            self.model._embed_steps(inputs[:, :, None]), pos=window(self.pos, at, at + 1)
+        )

@@ -29,5 +29,5 @@ class Flat(Backend):
         (b, p), f = batch.phonemes.shape, batch.codes.shape[-1]
         return self.stream.logits_flops(b, p, f)
 
-    def decode(self, phonemes, *, limits, choose, cached=True):
-        return self.stream.decode(phonemes, limits=limits, choose=choose, cached=cached)
+    def stepper(self, phonemes, *, limits, cached):
+        return self.stream.stepper(phonemes, limits=limits, cached=cached)

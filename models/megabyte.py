@@ -18,7 +18,6 @@ from models import flops
 from models.base import Backend, ForwardOutput, ModelConfig
 from models.blocks import (
     CodebookHeads,
-    Decoded,
     attention_stack,
     codebook_offsets,
     drop_codes,
@@ -102,30 +101,43 @@ class MegaByte(Backend):
             + flops.linear(b * (f + 1) * k, e, cfg.codebook_size + 1)  # heads
         )
 
-    @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose, cached=True):
-        cfg = self.cfg
+    def stepper(self, phonemes, *, limits, cached):
+        return _Stepper(self, phonemes, int(limits.max()), cached)
+
+
+class _Stepper:
+    """A step is a frame: the global model's output for it starts the local model, which
+    predicts its K codes one by one (each fed before the next); the frame's patch is then fed
+    to the global model."""
+
+    def __init__(self, model: MegaByte, phonemes, n_frames: int, cached: bool):
+        cfg, self.model = model.cfg, model
         ids, ph_mask = pad_phonemes(phonemes)
-        (b, p), n = ids.shape, int(limits.max())
-        pos = sequence_positions(cfg, ph_mask, n + 1)  # [B, P + 1 + F] or None
-        glob = stack_decoder(self.global_stack, batch=b, capacity=p + 1 + n, cached=cached)
-        local = stack_decoder(self.local_stack, batch=b, capacity=cfg.n_codebooks, cached=cached)
-        prefix, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        g = glob.step(prefix, pos=window(pos, 0, p + 1), valid=valid, prefix=p)
-        out = Decoded(limits, cfg.n_codebooks, cfg.codebook_size)
-        for frame in range(n):
-            base = self.to_local(g[:, -1])  # [B, E]
-            token_emb = self.local_start.expand(b, -1)
-            local.clear()
-            for k in range(cfg.n_codebooks):
-                h = local.step((base + token_emb)[:, None])
-                token = choose(self.heads.one(h[:, -1], k), k, frame, out.codes[:, k, :frame])
-                if out.record(token, k, frame):
-                    return out.result()
-                token = out.codes[:, k, frame]
-                token_emb = self.local_code_emb(token + k * cfg.codebook_size)
-            g = glob.step(
-                self._patches(out.codes[:, :, frame : frame + 1]),
-                pos=window(pos, p + 1 + frame, p + 2 + frame),
-            )
-        return out.result()
+        (b, p) = ids.shape
+        self.p = p
+        self.pos = sequence_positions(cfg, ph_mask, n_frames + 1)  # [B, P + 1 + F] or None
+        self.glob = stack_decoder(
+            model.global_stack, batch=b, capacity=p + 1 + n_frames, cached=cached
+        )
+        self.local = stack_decoder(
+            model.local_stack, batch=b, capacity=cfg.n_codebooks, cached=cached
+        )
+        prefix, valid = phoneme_prefix(model.phoneme_emb, model.bos, ids, ph_mask)
+        g = self.glob.step(prefix, pos=window(self.pos, 0, p + 1), valid=valid, prefix=p)
+        self.base = model.to_local(g[:, -1])  # [B, E]: the local model's offset for the frame
+
+    def logits(self, k: int, frames: slice, out) -> torch.Tensor:
+        if k == 0:  # a new frame
+            self.local.clear()
+            self.token_emb = self.model.local_start.expand(self.base.shape[0], -1)
+        h = self.local.step((self.base + self.token_emb)[:, None])
+        return self.model.heads.one(h[:, -1], k)[:, None]
+
+    def feed_code(self, k: int, codes: torch.Tensor) -> None:
+        self.token_emb = self.model.local_code_emb(codes + k * self.model.cfg.codebook_size)
+
+    def feed_step(self, step: int, coords: list[int], out) -> None:
+        at = self.p + 1 + step
+        patch = self.model._patches(out.codes[:, :, step : step + 1])
+        g = self.glob.step(patch, pos=window(self.pos, at, at + 1))
+        self.base = self.model.to_local(g[:, -1])

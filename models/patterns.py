@@ -6,6 +6,10 @@ codes, each named by its coordinate frame * K + codebook (-1: an empty slot). A 
 the codes of step s from every code of the steps before it, and, where `sequential` (MegaByte's
 local model over a frame), from the codes of earlier slots of the same step.
 
+Each ordering is a small `Pattern` subclass that lays out `steps(n_frames)`; everything else
+(build, revert, place, visible) follows from that table, and `models/decoding.py` decodes every
+backend through it. A new ordering is one subclass and one entry in `PATTERNS`.
+
 - `flat`: one code a step, frame-major (f0k0, f0k1, ..., f1k0, ...): K x F steps.
 - `delay`: MusicGen's delay; step s holds codebook k of frame s - k: F + K - 1 steps of K slots.
 - `parallel`: step s holds all K codes of frame s, predicted together: F steps.
@@ -22,6 +26,7 @@ logits do not move when a code its pattern hides changes).
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from einops import rearrange
@@ -29,38 +34,26 @@ from einops import rearrange
 
 @dataclass(frozen=True)
 class Pattern:
-    name: str
+    """An ordering of the K x F code grid at K = `n_codebooks` (subclasses: one per ordering)."""
+
     n_codebooks: int
+    name: ClassVar[str]
+    # whether the slots of one step are predicted in order (else all together)
+    sequential: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
-        if self.name not in PATTERNS:
-            raise ValueError(f"unknown pattern {self.name!r}; valid patterns: {list(PATTERNS)}")
         if self.n_codebooks < 1:
             raise ValueError(f"a pattern needs K >= 1 codebooks, got {self.n_codebooks}")
 
-    @property
-    def sequential(self) -> bool:
-        """Whether the slots of one step are predicted in order (else all together)."""
-        return self.name == "frames"
+    def layout(self, grid: torch.Tensor) -> torch.Tensor:
+        """grid [F, K] (the coordinate of each code) -> steps [S, W] (-1: an empty slot)."""
+        raise NotImplementedError
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (frozen, hashable; read-only tensors)
     def steps(self, n_frames: int) -> torch.Tensor:
         """[S, W] coordinates frame * K + codebook of the codes each step holds (-1: empty)."""
-        k, f = self.n_codebooks, n_frames
-        grid = torch.arange(f * k).view(f, k)  # [F, K]: coordinate of (frame, codebook)
-        if self.name == "flat":
-            return grid.reshape(-1, 1)
-        if self.name in ("parallel", "frames"):
-            return grid
-        if self.name == "delay":
-            out = torch.full((f + k - 1, k), -1, dtype=torch.long)
-            for i in range(k):
-                out[i : i + f, i] = grid[:, i]
-            return out
-        out = torch.full((f + k - 1, max(f, 1)), -1, dtype=torch.long)  # stages
-        out[:f, 0] = grid[:, 0]
-        out[f:, :f] = grid[:, 1:].T
-        return out
+        k = self.n_codebooks
+        return self.layout(torch.arange(n_frames * k).view(n_frames, k))
 
     def build(self, codes: torch.Tensor, empty: int) -> torch.Tensor:
         """codes [B, K, F] -> steps [B, W, S]; `empty` in slots with no code."""
@@ -98,4 +91,55 @@ class Pattern:
         return earlier
 
 
-PATTERNS = ("flat", "delay", "parallel", "frames", "stages")
+class FlatPattern(Pattern):
+    name = "flat"
+
+    def layout(self, grid):
+        return grid.reshape(-1, 1)
+
+
+class DelayPattern(Pattern):
+    name = "delay"
+
+    def layout(self, grid):
+        f, k = grid.shape
+        out = torch.full((f + k - 1, k), -1, dtype=torch.long)
+        for i in range(k):
+            out[i : i + f, i] = grid[:, i]
+        return out
+
+
+class ParallelPattern(Pattern):
+    name = "parallel"
+
+    def layout(self, grid):
+        return grid
+
+
+class FramesPattern(ParallelPattern):
+    name = "frames"
+    sequential = True
+
+
+class StagesPattern(Pattern):
+    name = "stages"
+
+    def layout(self, grid):
+        f, k = grid.shape
+        out = torch.full((f + k - 1, max(f, 1)), -1, dtype=torch.long)
+        out[:f, 0] = grid[:, 0]
+        out[f:, :f] = grid[:, 1:].T
+        return out
+
+
+PATTERNS: dict[str, type[Pattern]] = {
+    cls.name: cls
+    for cls in (FlatPattern, DelayPattern, ParallelPattern, FramesPattern, StagesPattern)
+}
+
+
+def make_pattern(name: str, n_codebooks: int) -> Pattern:
+    """The ordering called `name` at K = n_codebooks."""
+    if name not in PATTERNS:
+        raise ValueError(f"unknown pattern {name!r}; valid patterns: {list(PATTERNS)}")
+    return PATTERNS[name](n_codebooks)

@@ -130,17 +130,29 @@ class Valle(Backend):
         nar += flops.linear(b * f, cfg.dim, cfg.codebook_size)
         return self.ar.logits_flops(b, p, f) + (stages * nar if cfg.n_codebooks > 1 else 0)
 
-    @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose, cached=True):
-        codes, lengths, stopped = self.ar.decode(
-            phonemes, limits=limits, choose=choose, cached=cached
-        )
-        b, f = codes.shape[0], codes.shape[-1]
-        full = torch.zeros(b, self.cfg.n_codebooks, f, dtype=torch.long, device=codes.device)
-        full[:, 0] = codes[:, 0]
-        ids, ph_mask = pad_phonemes(phonemes)
-        for s in range(1, self.cfg.n_codebooks):
-            stage = torch.full((b,), s, device=codes.device)
-            logits = self._nar_logits(ids, ph_mask, full, lengths, stage)  # [B, F, V]
-            full[:, s] = choose.all_frames(logits, s)
-        return full, lengths, stopped
+    def stepper(self, phonemes, *, limits, cached):
+        return _Stepper(self, phonemes, limits, cached)
+
+
+class _Stepper:
+    """Codebook 1 frame by frame through the AR (`CodeStream`'s stepper); then each higher
+    codebook for every frame at once through the NAR, from the codebooks below it."""
+
+    def __init__(self, model: Valle, phonemes, limits: torch.Tensor, cached: bool):
+        self.model = model
+        self.ar = model.ar.stepper(phonemes, limits=limits, cached=cached)
+        self.ids, self.ph_mask = pad_phonemes(phonemes)
+
+    def logits(self, k: int, frames: slice, out) -> torch.Tensor:
+        if k == 0:
+            return self.ar.logits(0, frames, out)
+        n = frames.stop  # the NAR sees every frame up to the longest item's end
+        stage = torch.full((out.codes.shape[0],), k, device=out.codes.device)
+        codes = out.codes[:, :, :n]
+        logits = self.model._nar_logits(self.ids, self.ph_mask, codes, out.lengths, stage)
+        return logits[:, frames]
+
+    def feed_step(self, step: int, coords: list[int], out) -> None:
+        frame, k = divmod(coords[0], self.model.cfg.n_codebooks)
+        if k == 0:  # an AR step
+            self.ar.feed(0, out.codes[:, 0, frame])

@@ -3,8 +3,8 @@
 Settings come per codebook group: `coarse` for codebook 1 and `fine` for codebooks 2..K, each
 with temperature (0: greedy), top-k and top-p. VALL-E 2's repetition-aware sampling applies to
 codebook 1 only. A backend decodes with a `Chooser`: `chooser(logits [B, V], k, frame, history)`
-for one autoregressive step, `chooser.all_frames(logits [B, F, V], k)` for a non-autoregressive
-stage that fills every frame of codebook k at once.
+for one autoregressive step, `chooser.all_frames(logits [B, F, V], k, first)` for a
+non-autoregressive stage that fills frames first.. of codebook k at once.
 
 Randomness is per utterance, never per batch position: a draw is Gumbel-max with noise that is a
 fixed function of (utterance seed, frame, codebook, code value, draw), computed by an integer
@@ -134,10 +134,10 @@ class Chooser:
                 token = torch.where(looping, self._pick(logits, full, frames, k, 1), token)
         return token
 
-    def all_frames(self, logits: torch.Tensor, k: int) -> torch.Tensor:
-        """logits [B, F, V] for codebook k of every frame -> codes [B, F]."""
+    def all_frames(self, logits: torch.Tensor, k: int, first: int = 0) -> torch.Tensor:
+        """logits [B, F, V] for codebook k of frames first.. first + F - 1 -> codes [B, F]."""
         b, f = logits.shape[:2]
-        frames = torch.arange(f, device=logits.device).expand(b, f)
+        frames = torch.arange(first, first + f, device=logits.device).expand(b, f)
         return self._pick(logits, self.s.group(k), frames, k, 0)
 
 
@@ -155,9 +155,10 @@ class Prompted:
             return token
         return torch.where(self.lengths > frame, self.prompts[:, k, frame], token)
 
-    def all_frames(self, logits: torch.Tensor, k: int) -> torch.Tensor:
-        codes = self.chooser.all_frames(logits, k)  # [B, F]
-        n = min(codes.shape[1], self.prompts.shape[-1])
-        forced = torch.arange(n, device=codes.device)[None] < self.lengths[:, None]
-        codes[:, :n] = torch.where(forced, self.prompts[:, k, :n], codes[:, :n])
+    def all_frames(self, logits: torch.Tensor, k: int, first: int = 0) -> torch.Tensor:
+        codes = self.chooser.all_frames(logits, k, first)  # [B, F]
+        n = max(0, min(codes.shape[1], self.prompts.shape[-1] - first))
+        frames = torch.arange(first, first + n, device=codes.device)[None]
+        held = self.prompts[:, k, first : first + n]
+        codes[:, :n] = torch.where(frames < self.lengths[:, None], held, codes[:, :n])
         return codes

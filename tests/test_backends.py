@@ -161,7 +161,10 @@ def test_cached_decoding_matches_uncached_logits(model):
             token[lengths == frame] = V  # stop exactly where the data stops
         return token
 
-    forced.all_frames = lambda logits, k: codes[:, k].clamp_min(0)  # VALL-E's NAR stages
+    def nar(logits, k, first=0):  # VALL-E's NAR stages
+        return codes[:, k, first : first + logits.shape[1]].clamp_min(0)
+
+    forced.all_frames = nar
     model.decode(
         list(batch.phonemes[i, : batch.phoneme_lengths[i]] for i in range(2)),
         limits=torch.tensor([codes.shape[-1] + 1] * 2),

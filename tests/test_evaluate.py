@@ -24,7 +24,7 @@ class KnownNll(Backend):
         stops = torch.tensor(batch.codes.shape[0])
         return ForwardOutput(torch.tensor(0.0), nll, count, stops * math.log(2), stops)
 
-    def decode(self, phonemes, *, limits, choose, cached=True):
+    def stepper(self, phonemes, *, limits, cached):
         raise NotImplementedError
 
     def logits(self, batch):

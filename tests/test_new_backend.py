@@ -14,7 +14,6 @@ from models import flops
 from models.base import Backend, ForwardOutput
 from models.blocks import (
     CodebookHeads,
-    Decoded,
     attention_stack,
     codebook_offsets,
     frame_loss,
@@ -68,23 +67,27 @@ class Parallel(Backend):
             flops.linear(b * (f + 1) * k, self.cfg.dim, self.cfg.codebook_size + 1)
         )
 
-    @torch.no_grad()
-    def decode(self, phonemes, *, limits, choose, cached=True):
+    def stepper(self, phonemes, *, limits, cached):
+        return ParallelStepper(self, phonemes, int(limits.max()), cached)
+
+
+class ParallelStepper:
+    """A step is a frame: its K codes from one hidden state, then the frame is fed."""
+
+    def __init__(self, model: Parallel, phonemes, n_frames: int, cached: bool):
         ids, ph_mask = pad_phonemes(phonemes)
-        (b, p), n = ids.shape, int(limits.max())
-        pos = sequence_positions(self.cfg, ph_mask, n + 1)
-        decoder = stack_decoder(self.stack, batch=b, capacity=p + 1 + n, cached=cached)
-        x, valid = phoneme_prefix(self.phoneme_emb, self.bos, ids, ph_mask)
-        h = decoder.step(x, pos=window(pos, 0, p + 1), valid=valid)[:, -1]
-        out = Decoded(limits, self.cfg.n_codebooks, self.cfg.codebook_size)
-        for frame in range(n):
-            for k in range(self.cfg.n_codebooks):
-                token = choose(self.heads.one(h, k), k, frame, out.codes[:, k, :frame])
-                if out.record(token, k, frame):
-                    return out.result()
-            new = self._frames(out.codes[:, :, frame : frame + 1])
-            h = decoder.step(new, pos=window(pos, p + 1 + frame, p + 2 + frame))[:, -1]
-        return out.result()
+        (b, p), self.model, self.p = ids.shape, model, ids.shape[1]
+        self.pos = sequence_positions(model.cfg, ph_mask, n_frames + 1)
+        self.decoder = stack_decoder(model.stack, batch=b, capacity=p + 1 + n_frames, cached=cached)
+        x, valid = phoneme_prefix(model.phoneme_emb, model.bos, ids, ph_mask)
+        self.h = self.decoder.step(x, pos=window(self.pos, 0, p + 1), valid=valid)[:, -1]
+
+    def logits(self, k, frames, out):
+        return self.model.heads.one(self.h, k)[:, None]
+
+    def feed_step(self, step, coords, out):
+        new, at = self.model._frames(out.codes[:, :, step : step + 1]), self.p + 1 + step
+        self.h = self.decoder.step(new, pos=window(self.pos, at, at + 1))[:, -1]
 
 
 @pytest.mark.slow

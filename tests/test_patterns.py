@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from models.patterns import PATTERNS, Pattern
+from models.patterns import PATTERNS, make_pattern
 
 SIZES = [(k, f) for k in (1, 2, 4, 8) for f in (1, 5)]
 
@@ -22,7 +22,7 @@ def sees(name: str, t: tuple[int, int], c: tuple[int, int], k: int) -> bool:
 @pytest.mark.parametrize("name", PATTERNS)
 @pytest.mark.parametrize(("k", "f"), SIZES)
 def test_every_code_has_one_slot_and_build_reverts(name, k, f):
-    pattern = Pattern(name, k)
+    pattern = make_pattern(name, k)
     steps = pattern.steps(f)
     held = steps[steps >= 0]
     assert sorted(held.tolist()) == list(range(k * f))  # every code exactly once
@@ -36,7 +36,7 @@ def test_every_code_has_one_slot_and_build_reverts(name, k, f):
 @pytest.mark.parametrize("name", PATTERNS)
 @pytest.mark.parametrize(("k", "f"), SIZES)
 def test_no_code_sees_itself_or_a_later_code(name, k, f):
-    pattern = Pattern(name, k)
+    pattern = make_pattern(name, k)
     visible = pattern.visible(f)
     coords = [(i // k, i % k) for i in range(k * f)]
     expected = torch.tensor([[sees(name, t, c, k) for c in coords] for t in coords])
@@ -51,15 +51,16 @@ def test_no_code_sees_itself_or_a_later_code(name, k, f):
 
 def test_layouts_are_the_orderings_they_name():
     codes = torch.arange(6).view(1, 2, 3)  # [B, K=2, F=3]: codebook 0 = 0,1,2; codebook 1 = 3,4,5
-    assert Pattern("flat", 2).build(codes, empty=-9).tolist() == [[[0, 3, 1, 4, 2, 5]]]
-    assert Pattern("delay", 2).build(codes, empty=-9).tolist() == [[[0, 1, 2, -9], [-9, 3, 4, 5]]]
-    assert Pattern("frames", 2).build(codes, empty=-9).tolist() == codes.tolist()
-    stages = Pattern("stages", 2).build(codes, empty=-9)
+    assert make_pattern("flat", 2).build(codes, empty=-9).tolist() == [[[0, 3, 1, 4, 2, 5]]]
+    delay = make_pattern("delay", 2).build(codes, empty=-9)
+    assert delay.tolist() == [[[0, 1, 2, -9], [-9, 3, 4, 5]]]
+    assert make_pattern("frames", 2).build(codes, empty=-9).tolist() == codes.tolist()
+    stages = make_pattern("stages", 2).build(codes, empty=-9)
     assert stages.tolist() == [[[0, 1, 2, 3], [-9, -9, -9, 4], [-9, -9, -9, 5]]]
 
 
 def test_unknown_pattern_lists_the_valid_ones():
     with pytest.raises(ValueError, match="unknown pattern 'zigzag'.*'delay'"):
-        Pattern("zigzag", 2)
+        make_pattern("zigzag", 2)
     with pytest.raises(ValueError, match="K >= 1"):
-        Pattern("flat", 0)
+        make_pattern("flat", 0)
