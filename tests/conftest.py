@@ -61,3 +61,17 @@ def speech() -> torch.Tensor:
     """About 2 s of real (synthetic) speech at 24 kHz."""
     wav, sr = synthesize("Anna found three keys near the old station.")
     return conform(wav, sr, 24_000)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_root(tmp_path_factory) -> Path:
+    """The tiny preset's corpus, codec and cache, built once for the session, for tests that
+    only read it (so their stderr holds only what the run says)."""
+    from experiments.presets import preset
+    from phonelm.dataset import prepare
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    cfg = preset("tiny", "delay")
+    cfg.data.root = str(root)
+    prepare(cfg.data, cfg.codec, progress=False)
+    return root

@@ -13,17 +13,8 @@ from phonelm.run_dir import RunDir
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    """The tiny preset's corpus, codec and cache, built once (so the tests' stderr holds only
-    what the run says)."""
-    from experiments.presets import preset
-    from phonelm.dataset import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    cfg = preset("tiny", "delay")
-    cfg.data.root = str(root)
-    prepare(cfg.data, cfg.codec, progress=False)
-    return root
+def data_root(tiny_data_root) -> Path:
+    return tiny_data_root
 
 
 class Killed(BaseException):

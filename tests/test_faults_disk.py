@@ -19,15 +19,8 @@ RUN = "delay-tiny-seed0"
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    from experiments.presets import preset
-    from phonelm.dataset import prepare
-
-    root = tmp_path_factory.mktemp("data")
-    cfg = preset("tiny", "delay")
-    cfg.data.root = str(root)
-    prepare(cfg.data, cfg.codec, progress=False)
-    return root
+def data_root(tiny_data_root) -> Path:
+    return tiny_data_root
 
 
 def tiny(out: Path, data_root: Path, *extra: str) -> list[str]:
