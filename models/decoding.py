@@ -22,16 +22,18 @@ class Decoded:
     any ordering that fills each codebook frame by frame (every pattern here does).
 
     `codes` [B, K, max(limits)]; `record(codes, k, frames)` stores the chosen codes of
-    codebook k for a run of frames ([B], or [B, F] for several: a non-autoregressive stage) (a
-    stop on codebook 1 before an item's current length ends that item at its frame; an item
-    that never stops ends at its own limit, unstopped) and says whether every item is done: its
-    length is known and every codebook is filled up to it (delay's tail included).
+    codebook k for a run of frames ([B] for one, [B, F] for several: a non-autoregressive
+    stage) and says whether every item is done: its length is known and every codebook is
+    filled up to it (delay's tail included). Codebook 1 comes one frame at a time: a stop there
+    before an item's current length ends that item at that frame; an item that never stops
+    ends at its own limit, unstopped. `longest`: the longest item's length as known so far.
     """
 
     def __init__(self, limits: torch.Tensor, n_codebooks: int, stop: int):
         b, self.stop = limits.shape[0], stop
+        self.longest = int(limits.max())
         self.codes = torch.zeros(
-            b, n_codebooks, int(limits.max()), dtype=torch.long, device=limits.device
+            b, n_codebooks, self.longest, dtype=torch.long, device=limits.device
         )
         self.lengths = limits.clone()
         self.stopped = torch.zeros(b, dtype=torch.bool, device=limits.device)
@@ -40,18 +42,19 @@ class Decoded:
     def record(self, codes: torch.Tensor, k: int, frames: slice) -> bool:
         codes = codes.view(codes.shape[0], -1)  # [B, F]
         if k == 0:
-            at = torch.arange(frames.start, frames.stop, device=codes.device)[None]
-            now = (codes == self.stop) & (at < self.lengths[:, None])
-            first = torch.where(now, at, self.codes.shape[-1]).amin(1)  # the first stop, if any
-            self.lengths = torch.minimum(self.lengths, first)
-            self.stopped = self.stopped | now.any(1)
+            if frames.stop - frames.start != 1:
+                raise ValueError(f"codebook 1 is chosen one frame at a time, got frames {frames}")
+            now = (codes[:, 0] == self.stop) & (frames.start < self.lengths)
+            self.lengths[now] = frames.start
+            self.stopped |= now
+            self.longest = int(self.lengths.max())
         self.codes[:, k, frames] = codes.clamp_max(self.stop - 1)
         self.filled[k] = frames.stop
-        return min(self.filled) >= int(self.lengths.max())
+        return min(self.filled) >= self.longest
 
     def result(self):
         """-> (codes [B, K, F_max] cut to the longest, lengths [B], stopped [B])."""
-        return self.codes[..., : int(self.lengths.max())], self.lengths, self.stopped
+        return self.codes[..., : self.longest], self.lengths, self.stopped
 
 
 class Stepper(Protocol):
@@ -65,18 +68,19 @@ class Stepper(Protocol):
         """The codes of step `step` (coordinates frame * K + codebook, -1: empty), chosen."""
 
 
-def _slots(coords: list[int], k: int, n_frames: int) -> list[tuple[int, slice]]:
-    """A step's codes as (codebook, frames) runs, in slot order, up to n_frames."""
-    runs: list[tuple[int, slice]] = []
-    for c in coords:
-        if c < 0 or c // k >= n_frames:
-            continue
-        frame, book = divmod(c, k)
-        if runs and runs[-1][0] == book and runs[-1][1].stop == frame:
-            runs[-1] = (book, slice(runs[-1][1].start, frame + 1))
-        else:
-            runs.append((book, slice(frame, frame + 1)))
-    return runs
+def _runs(pattern: Pattern, n_frames: int) -> list[list[tuple[int, int, int]]]:
+    """Per step of the layout: its codes as (codebook, first frame, end frame) runs, in slot
+    order (a VALL-E NAR step is one run over every frame; any other step, runs of one)."""
+    k, steps = pattern.n_codebooks, []
+    for coords in pattern.steps(n_frames).tolist():
+        runs: list[tuple[int, int, int]] = []
+        for frame, book in (divmod(c, k) for c in coords if c >= 0):
+            if runs and runs[-1][0] == book and runs[-1][2] == frame:
+                runs[-1] = (book, runs[-1][1], frame + 1)
+            else:
+                runs.append((book, frame, frame + 1))
+        steps.append(runs)
+    return steps
 
 
 def decode(pattern: Pattern, stepper: Stepper, *, limits: torch.Tensor, choose: Chooser, stop: int):
@@ -84,13 +88,13 @@ def decode(pattern: Pattern, stepper: Stepper, *, limits: torch.Tensor, choose: 
 
     One code is chosen by `choose(logits [B, classes], k, frame, history)`; a run of frames of
     one codebook predicted together (a VALL-E NAR stage) by `choose.all_frames`."""
-    k = pattern.n_codebooks
-    out = Decoded(limits, k, stop)
-    for s, coords in enumerate(pattern.steps(int(limits.max())).tolist()):
-        slots = _slots(coords, k, int(out.lengths.max()))
-        if not slots:
+    out = Decoded(limits, pattern.n_codebooks, stop)
+    steps = pattern.steps(out.longest).tolist()
+    for s, runs in enumerate(_runs(pattern, out.longest)):
+        live = [(book, slice(a, min(b, out.longest))) for book, a, b in runs if a < out.longest]
+        if not live:  # every code of the step lies past every item's end
             continue
-        for book, frames in slots:
+        for book, frames in live:
             logits = stepper.logits(book, frames, out)
             if frames.stop - frames.start == 1:
                 f = frames.start
@@ -101,5 +105,5 @@ def decode(pattern: Pattern, stepper: Stepper, *, limits: torch.Tensor, choose: 
                 return out.result()
             if pattern.sequential:
                 stepper.feed_code(book, out.codes[:, book, frames.start])
-        stepper.feed_step(s, coords, out)
+        stepper.feed_step(s, steps[s], out)
     return out.result()
