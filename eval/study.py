@@ -49,16 +49,32 @@ class StudyError(ValueError):
     """Study files that cannot be published; the message names them."""
 
 
-def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(one row per scored run and reference row, one row per scored utterance) from the
-    committed files under root."""
+def short_of_budget(config: dict, test_metrics: dict) -> str | None:
+    """Why a run with a FLOPs budget ended before it (the wall-clock safety cap
+    `train.max_minutes`, on a loaded machine), or None: such a run is not compute-matched."""
+    budget = config.get("train", {}).get("budget_flops")
+    stopped_by = test_metrics.get("stopped_by")
+    if budget is None or stopped_by == "flops":
+        return None
+    return (
+        f"stopped by {stopped_by} at step {test_metrics.get('steps')}, "
+        f"{test_metrics.get('flops', 0):.3g} of its {budget:.3g} FLOPs: not compute-matched"
+    )
+
+
+def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """(one row per scored run and reference row, one row per scored utterance, the runs left
+    out because they ended short of their FLOPs budget) from the committed files under root."""
     root = Path(root)
-    rows, utterances, asrs = [], [], set()
+    rows, utterances, asrs, left_out = [], [], set(), []
     for path in find_runs(root):
         try:
             runs = load_runs(path, root)
         except RunError:
             continue  # a run in flight or damaged: not part of the published study
+        if runs and (why := short_of_budget(runs[0].config, runs[0].test_metrics)):
+            left_out.append(f"`{path.relative_to(root)}`: {why}")
+            continue
         for run in runs:
             try:
                 scores = json.loads(run.samples.scores.read_text())
@@ -82,7 +98,7 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame]:
             )  # fmt: skip
     if len(asrs) > 1:
         raise StudyError(f"{root}: runs scored with different ASRs {sorted(asrs)}: rescore")
-    return pd.DataFrame(rows), pd.DataFrame(utterances)
+    return pd.DataFrame(rows), pd.DataFrame(utterances), left_out
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -208,9 +224,12 @@ def findings(effects: pd.DataFrame) -> list[str]:
 def render(root: str | Path) -> str:
     """The study's markdown: per group and condition (`tts` on the run's split, `novel` on the
     sentences of held-out words) its table and its pairwise findings."""
-    table, per_utt = collect(root)
+    table, per_utt, left_out = collect(root)
+    cut = [f"- {line}" for line in left_out]
+    if cut:
+        cut = ["", "Left out of every table (to be run again):", *cut]
     if table.empty or "group" not in table or table["group"].isna().all():
-        return "No study runs are scored yet."
+        return "\n".join(["No study runs are scored yet.", *cut]) + "\n"
     runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
     refs = table[table["group"].isna()]
     md = [
@@ -242,7 +261,7 @@ def render(root: str | Path) -> str:
             *findings(pairwise_effects(here)),
             *asr_agreement(here),
         ]
-    return "\n".join(md + picks(runs, per_utt)) + "\n"
+    return "\n".join(md + picks(runs, per_utt) + cut) + "\n"
 
 
 def replace_section(readme: str, section: str) -> str:

@@ -596,6 +596,14 @@ class Trainer:
         bar.close()
         if self.signal is not None:  # it came during the last evaluation or checkpoint
             self._stop_on_signal()
+        if stopped_by == "max_minutes" and self.cfg.budget_flops is not None and dist.is_main():
+            print(
+                f"warning: train.max_minutes={self.cfg.max_minutes:g} ended training at step "
+                f"{self.step}, {self.counts['flops']:.3g} of its {self.cfg.budget_flops:.3g} "
+                "FLOPs: this run is not compute-matched (eval/study.py leaves it out); run it "
+                "again on a less loaded machine or with a higher train.max_minutes",
+                file=sys.stderr,
+            )
         return {
             **self._record(),
             "steps": self.step,

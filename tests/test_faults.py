@@ -381,3 +381,17 @@ def test_a_generation_stopped_midway_goes_on_from_its_finished_batches(
     assert (a / "codes.safetensors").read_bytes() == (b / "codes.safetensors").read_bytes()
     ids = [[json.loads(line)["id"] for line in (d / "generation.jsonl").open()] for d in (a, b)]
     assert ids[0] == ids[1] and not (b / "partial").exists()
+
+
+def test_a_run_cut_by_the_wall_clock_cap_says_it_is_not_compute_matched(
+    tmp_path, data_root, capsys
+):
+    """`train.max_minutes` is a safety cap: on a loaded machine it can end a FLOPs-budgeted run
+    early, which then must not pass for a compute-matched one."""
+    [result] = run(
+        tiny(tmp_path, data_root, "train.max_minutes=0.00001") + ["--budget-flops", "1e15"]
+    )
+    assert result["stopped_by"] == "max_minutes" and result["steps"] < 6
+    err = capsys.readouterr().err
+    assert "warning: train.max_minutes=1e-05 ended training at step" in err
+    assert "of its 1e+15 FLOPs: this run is not compute-matched" in err

@@ -63,6 +63,29 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     assert "Kendall tau" in section
     assert "Picks of `demo`" in section and "| delay |" in section.split("Picks of")[1]
 
+    # a run that ended short of its FLOPs budget (the wall-clock cap) is in no table
+    cut = study / "plain-k2-1e9" / "valle-tiny-seed0"
+    config = json.loads((cut / "config.json").read_text())
+    config["train"]["budget_flops"] = 1e12
+    (cut / "config.json").write_text(json.dumps(config))
+    metrics = json.loads((cut / "test_metrics.json").read_text())
+    (cut / "test_metrics.json").write_text(json.dumps({**metrics, "stopped_by": "max_minutes"}))
+    section = render(tmp_path / "study")
+    assert "| valle |" not in section and "| delay |" in section
+    assert "`demo/plain-k2-1e9/valle-tiny-seed0`: stopped by max_minutes at step 2" in section
+
+
+def test_only_a_run_that_spent_its_flops_budget_is_compute_matched():
+    from eval.study import short_of_budget
+
+    spent = {"stopped_by": "flops", "steps": 9, "flops": 9.01e13}
+    assert short_of_budget({"train": {"budget_flops": 9e13}}, spent) is None
+    assert short_of_budget({"train": {"budget_flops": None}}, {"stopped_by": "steps"}) is None
+    cut = {"stopped_by": "max_minutes", "steps": 950, "flops": 8.44e13}
+    assert short_of_budget({"train": {"budget_flops": 9e13}}, cut) == (
+        "stopped by max_minutes at step 950, 8.44e+13 of its 9e+13 FLOPs: not compute-matched"
+    )
+
 
 def test_a_screen_pick_is_the_lowest_wer_and_a_tie_goes_to_bits_per_code():
     """The rule fixed before the screens were read (docs/study.md)."""
