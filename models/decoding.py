@@ -68,11 +68,11 @@ class Stepper(Protocol):
         """The codes of step `step` (coordinates frame * K + codebook, -1: empty), chosen."""
 
 
-def _runs(pattern: Pattern, n_frames: int) -> list[list[tuple[int, int, int]]]:
+def _runs(layout: list[list[int]], k: int) -> list[list[tuple[int, int, int]]]:
     """Per step of the layout: its codes as (codebook, first frame, end frame) runs, in slot
     order (a VALL-E NAR step is one run over every frame; any other step, runs of one)."""
-    k, steps = pattern.n_codebooks, []
-    for coords in pattern.steps(n_frames).tolist():
+    steps = []
+    for coords in layout:
         runs: list[tuple[int, int, int]] = []
         for frame, book in (divmod(c, k) for c in coords if c >= 0):
             if runs and runs[-1][0] == book and runs[-1][2] == frame:
@@ -89,8 +89,8 @@ def decode(pattern: Pattern, stepper: Stepper, *, limits: torch.Tensor, choose: 
     One code is chosen by `choose(logits [B, classes], k, frame, history)`; a run of frames of
     one codebook predicted together (a VALL-E NAR stage) by `choose.all_frames`."""
     out = Decoded(limits, pattern.n_codebooks, stop)
-    steps = pattern.steps(out.longest).tolist()
-    for s, runs in enumerate(_runs(pattern, out.longest)):
+    layout = pattern.steps(out.longest).tolist()
+    for s, runs in enumerate(_runs(layout, pattern.n_codebooks)):
         live = [(book, slice(a, min(b, out.longest))) for book, a, b in runs if a < out.longest]
         if not live:  # every code of the step lies past every item's end
             continue
@@ -105,5 +105,5 @@ def decode(pattern: Pattern, stepper: Stepper, *, limits: torch.Tensor, choose: 
                 return out.result()
             if pattern.sequential:
                 stepper.feed_code(book, out.codes[:, book, frames.start])
-        stepper.feed_step(s, steps[s], out)
+        stepper.feed_step(s, layout[s], out)
     return out.result()
