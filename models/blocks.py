@@ -58,10 +58,40 @@ def run_stack(
 ) -> torch.Tensor:
     """x [B, N, D] whose first `prefix` tokens are the text -> [B, N, D]. A `PrefixDecoder`'s
     text tokens attend to each other (keys < prefix are visible to every query); a `Decoder`
-    stays causal throughout."""
+    stays causal throughout and is run without a mask (`_run_packed`)."""
     if isinstance(stack, PrefixDecoder):
         return stack(x, mask=mask, pos=pos, prefix_attn_len=prefix)
+    if isinstance(stack, Decoder):
+        return _run_packed(stack, x, mask, pos)
     return stack(x, mask=mask, pos=pos)
+
+
+def _run_packed(stack: Decoder, x: torch.Tensor, mask: torch.Tensor | None, pos) -> torch.Tensor:
+    """A causal stack over rows whose valid tokens are one run (left-padded text, codes, right
+    padding): each row is rolled so that its run starts at slot 0, run with no mask, and rolled
+    back. Padding then only follows the valid tokens, which causality already hides from them,
+    and the positions travel with their tokens (rotary attention sees the same offsets), so the
+    outputs at valid tokens are those of the masked stack. x-transformers expands a padding mask
+    into a dense [B, H, N, N] boolean per layer (gigabytes for flat's long sequences) and a mask
+    rules out the flash kernel; with none, attention is plain causal."""
+    if mask is None or bool(mask.all()):
+        return stack(x, pos=pos)
+    b, n = mask.shape
+    index = torch.arange(n, device=x.device)
+    first, count = mask.int().argmax(dim=1), mask.sum(dim=1)
+    run = (index >= first[:, None]) & (index < (first + count)[:, None])
+    if not torch.equal(run, mask):
+        raise ValueError("a causal stack's valid tokens must be one run in each row")
+    order = (index + first[:, None]) % n  # slot s of a row holds its token order[s]
+    if pos is None:  # the sequence index, made explicit so that it travels with the tokens
+        pos = index.to(torch.float).expand(b, n)
+    rolled = stack(_take(x, order), pos=pos.gather(1, order))
+    return _take(rolled, (index - first[:, None]) % n)
+
+
+def _take(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """x [B, N, D], order [B, N] -> x[b, order[b, s]] for each row b and slot s."""
+    return x.gather(1, order[..., None].expand(-1, -1, x.shape[-1]))
 
 
 CODE_DROPOUT_UNITS = ("code", "frame")

@@ -3,6 +3,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from x_transformers import Decoder
 
 from models.base import ModelConfig
 from models.registry import BACKENDS, build_backend
@@ -107,6 +108,27 @@ def test_padding_does_not_change_the_loss(model):
     assert torch.allclose(both.nll, sum(a.nll for a in alone), rtol=1e-4)
     assert torch.allclose(both.stop_nll, sum(a.stop_nll for a in alone), rtol=1e-4)
     assert torch.equal(both.count, sum(a.count for a in alone))
+
+
+def test_causal_stacks_run_without_a_padding_mask(model):
+    """A padded batch goes through every causal stack with no mask at all: x-transformers
+    would expand one into a dense [B, H, N, N] boolean per layer (gigabytes at flat's sequence
+    lengths) and a mask rules out the flash kernel. The padding test above shows the loss is
+    unchanged. A bidirectional text prefix and VALL-E's NAR encoder keep their masks."""
+    masked = []
+
+    def record(module, args, kwargs):
+        masked.append(kwargs.get("mask") is not None)
+
+    decoders = [m for m in model.modules() if type(m) is Decoder]
+    hooks = [m.register_forward_pre_hook(record, with_kwargs=True) for m in decoders]
+    model.train()
+    model(make_batch()).loss.backward()
+    for hook in hooks:
+        hook.remove()
+    if model.cfg.prefix == "causal":
+        assert decoders and len(masked) >= len(decoders)
+    assert not any(masked)
 
 
 def test_overfits_one_batch(model):
