@@ -4,6 +4,7 @@
     python experiments/sweep.py experiments/studies/screens.toml --jobs       # one command a line
     python experiments/sweep.py experiments/studies/screens.toml --parallel 4 # 4 at once (a GPU)
     python experiments/sweep.py experiments/studies/screens.toml --torchrun 8 # each on 8 GPUs
+    python experiments/sweep.py experiments/studies/screens.toml --code ../frozen  # its code
 
 Every run is one `experiments/run.py` command writing
 `<out>/<study>/<variant>-k<K>-<budget>/<model>-<preset>-seed<seed>/`; a finished run (its
@@ -65,31 +66,32 @@ class Job:
     def done(self) -> bool:
         return (self.run_dir / "test_metrics.json").is_file()
 
-    def command(self, torchrun: int = 0) -> list[str]:
+    def command(self, torchrun: int = 0, code: Path = ROOT) -> list[str]:
+        """The run's command, to be run from the checkout `code` (its experiments/run.py)."""
         launcher = (
             ["torchrun", "--standalone", f"--nproc_per_node={torchrun}"]
             if torchrun
-            else [_relative(Path(sys.executable))]
+            else [_relative(Path(sys.executable), code)]
         )
         return [
             *launcher,
-            "experiments/run.py",  # run from the repository root
+            "experiments/run.py",
             f"--model={self.model}",
             f"--preset={self.preset}",
             f"--seed={self.seed}",
             f"--budget-flops={self.budget:g}",
-            f"--out={_relative(self.out)}",
+            f"--out={_relative(self.out, code)}",
             "--set",
             f"codec.n_codebooks={self.k}",
             *self.overrides,
         ]
 
 
-def _relative(path: Path) -> str:
-    """path relative to the repository root when inside it (commands run from there); links
+def _relative(path: Path, code: Path) -> str:
+    """path relative to the checkout `code` when inside it (commands run from there); links
     are kept (a venv's python is one)."""
     try:
-        return str(Path(os.path.abspath(path)).relative_to(ROOT))
+        return str(Path(os.path.abspath(path)).relative_to(os.path.abspath(code)))
     except ValueError:
         return str(path)
 
@@ -154,9 +156,12 @@ def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -
     return jobs
 
 
-def _run(job: Job, torchrun: int) -> int:
+def _run(job: Job, torchrun: int, code: Path) -> int:
+    """One run, from the checkout `code`, whose packages come first on the import path (ahead
+    of the editable install's, which is this checkout)."""
     print(f"sweep: start {job.run_dir}", flush=True)
-    rc = subprocess.run(job.command(torchrun), cwd=ROOT).returncode
+    env = {**os.environ, "PYTHONPATH": str(code)} if code != ROOT else None
+    rc = subprocess.run(job.command(torchrun, code), cwd=code, env=env).returncode
     print(f"sweep: {'done' if rc == 0 else f'failed (exit {rc})'} {job.run_dir}", flush=True)
     return rc
 
@@ -169,21 +174,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="with --jobs: finished runs too")
     ap.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
     ap.add_argument("--torchrun", type=int, default=0, help="processes per run (0: plain python)")
+    ap.add_argument(
+        "--code",
+        default=str(ROOT),
+        help="the checkout whose experiments/run.py runs every job (default: this one); a "
+        "worktree of the study's frozen commit keeps code written meanwhile out of its runs",
+    )
     args = ap.parse_args(argv)
     if args.parallel < 1 or args.torchrun < 0:
         ap.error("--parallel must be >= 1 and --torchrun >= 0")
+    code = Path(args.code).resolve()
+    if not (code / "experiments" / "run.py").is_file():
+        ap.exit(2, f"{ap.prog}: error: --code {args.code}: no experiments/run.py there\n")
     try:
         jobs = load_study(args.study, args.out)
     except StudyError as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     left = [j for j in jobs if args.all or not j.done]
     if args.jobs:
+        prefix = "" if code == ROOT else f"cd {shlex.quote(str(code))} && PYTHONPATH=. "
         for job in left:
-            print(shlex.join(job.command(args.torchrun)))
+            print(prefix + shlex.join(job.command(args.torchrun, code)))
         return 0
     print(f"sweep: {len(jobs)} runs, {len(jobs) - len(left)} finished, {len(left)} to run")
     with ThreadPoolExecutor(args.parallel) as pool:
-        codes = list(pool.map(lambda j: _run(j, args.torchrun), left))
+        codes = list(pool.map(lambda j: _run(j, args.torchrun, code), left))
     failed = sum(rc != 0 for rc in codes)
     print(f"sweep: {len(left) - failed} finished, {failed} failed")
     return 1 if failed else 0

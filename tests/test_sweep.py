@@ -89,5 +89,42 @@ def test_a_sweep_runs_its_grid_and_a_second_call_runs_nothing(tmp_path, monkeypa
     jobs = load_study(path, out)
     assert all(j.done for j in jobs) and len(jobs) == 2
     calls = []
-    monkeypatch.setattr(sweep_module, "_run", lambda job, torchrun: calls.append(job) or 0)
+    monkeypatch.setattr(sweep_module, "_run", lambda job, *rest: calls.append(job) or 0)
     assert sweep([str(path), "--out", str(out)]) == 0 and calls == []
+
+
+STUB_RUN = """
+import argparse, json, os, pathlib
+ap = argparse.ArgumentParser()
+for flag in ("--model", "--preset", "--seed", "--budget-flops", "--out"):
+    ap.add_argument(flag)
+ap.add_argument("--set", nargs="*")
+args = ap.parse_args()
+run = pathlib.Path(args.out) / f"{args.model}-{args.preset}-seed{args.seed}"
+run.mkdir(parents=True)
+seen = {"cwd": os.getcwd(), "path": os.environ.get("PYTHONPATH"), "set": args.set}
+(run / "test_metrics.json").write_text(json.dumps(seen))
+"""
+
+
+def test_code_runs_every_job_from_another_checkout(tmp_path, capsys):
+    """--code: each run is that checkout's experiments/run.py, run from it with its packages
+    first on the import path (how a study runs a frozen worktree while main moves on)."""
+    import json
+
+    frozen = tmp_path / "frozen"
+    (frozen / "experiments").mkdir(parents=True)
+    (frozen / "experiments" / "run.py").write_text(STUB_RUN)
+    path, out = write(tmp_path), tmp_path / "out"
+    assert sweep([str(path), "--out", str(out), "--code", str(frozen), "--jobs"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 8 and all(x.startswith(f"cd {frozen} && PYTHONPATH=. ") for x in lines)
+    assert sweep([str(path), "--out", str(out), "--code", str(frozen), "--parallel", "2"]) == 0
+    jobs = load_study(path, out)
+    assert all(j.done for j in jobs)
+    seen = json.loads((jobs[1].run_dir / "test_metrics.json").read_text())
+    assert seen["cwd"] == str(frozen) and seen["path"] == str(frozen)
+    assert "model.code_dropout=0.3" in seen["set"]  # valle's own override reached it
+    with pytest.raises(SystemExit) as stop:
+        sweep([str(path), "--code", str(tmp_path / "nowhere")])
+    assert stop.value.code == 2 and "no experiments/run.py" in capsys.readouterr().err
