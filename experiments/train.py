@@ -290,6 +290,13 @@ class NonFiniteLoss(SystemExit):
     """The training loss became NaN or infinite: stopped at once, nothing written (exit 1)."""
 
 
+def advance(bar: tqdm, amount: float) -> None:
+    """Move a progress bar by one step's share, never past its total: a budgeted run's last
+    step overshoots the budget by part of a step (the run's summary reports the FLOPs used),
+    and a bar past 100% warns and shows a negative time left."""
+    bar.update(max(0.0, min(amount, bar.total - bar.n)))
+
+
 class Trainer:
     def __init__(
         self,
@@ -568,7 +575,7 @@ class Trainer:
                 bar.close()
                 self._stop_non_finite(step["loss"])
             window = {key: window[key] + step[key] for key in window}
-            bar.update(step["flops"] / 1e12 if cfg.budget_flops is not None else 1)
+            advance(bar, step["flops"] / 1e12 if cfg.budget_flops is not None else 1)
             if self.step % cfg.log_every == 0 or self.step == 1:
                 record = {
                     **self._record(),

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 from eval.score import main as score
+from experiments.compare_runs import differences
+from experiments.compare_runs import main as compare
 from experiments.run import main as run
 from experiments.synthesize import main as synthesize
 from experiments.train import TrainConfig, micro_batches
@@ -22,8 +24,8 @@ ROOT = Path(__file__).parent.parent
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("data")
+def data_root(tiny_data_root) -> Path:
+    return tiny_data_root
 
 
 def tiny(model: str, out: Path, data_root: Path, *extra: str, steps: int = 6) -> list[str]:
@@ -39,23 +41,8 @@ def weights(run_dir: Path, name: str = "last") -> dict:
 
 
 def same_run(a: Path, b: Path) -> None:
-    """Bitwise-identical weights, metrics and samples."""
-    wa, wb = weights(a), weights(b)
-    assert all(torch.equal(wa[k], wb[k]) for k in wa), [
-        k for k in wa if not torch.equal(wa[k], wb[k])
-    ]
-    la = [json.loads(x) for x in (a / "metrics.jsonl").read_text().splitlines()]
-    lb = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
-    timeless = [
-        [{k: v for k, v in r.items() if "seconds" not in k and "per_s" not in k} for r in rows]
-        for rows in (la, lb)
-    ]
-    assert timeless[0] == timeless[1]
-    assert (a / "samples" / "codes.safetensors").read_bytes() == (
-        b / "samples" / "codes.safetensors"
-    ).read_bytes()
-    ta, tb = (json.loads((d / "test_metrics.json").read_text())["test"] for d in (a, b))
-    assert ta == tb
+    """Bitwise-identical weights, codec, metrics and samples (timings aside)."""
+    assert differences(a, b) == []
 
 
 def cli(*args: str, env=None) -> subprocess.Popen:
@@ -270,3 +257,33 @@ def test_the_process_group_waits_hours_not_the_library_default(monkeypatch):
     monkeypatch.setenv("PHONELM_COLLECTIVE_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="PHONELM_COLLECTIVE_TIMEOUT='soon'"):
         pd.init()
+
+
+def test_compare_runs_names_what_differs(tmp_path, data_root, capsys):
+    """experiments/compare_runs.py: a copy of a run is the same; a changed generated code or
+    logged loss is named (exit 1) unless its key is ignored; a missing run is exit 2."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    run(tiny("valle", tmp_path, data_root))
+    a = tmp_path / "valle-tiny-seed0"
+    b = tmp_path / "copy"
+    shutil.copytree(a, b)
+    assert compare([str(a), str(b)]) == 0
+    assert "bitwise the same" in capsys.readouterr().out
+    codes = load_file(b / "samples" / "codes.safetensors")
+    first = sorted(codes)[0]
+    codes[first] = codes[first].clone()
+    codes[first].view(-1)[0] += 1
+    save_file(codes, b / "samples" / "codes.safetensors")
+    rows = [json.loads(x) for x in (b / "metrics.jsonl").read_text().splitlines()]
+    rows[0]["loss"] = rows[0].get("loss", 0.0) + 1.0
+    (b / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert compare([str(a), str(b)]) == 1
+    said = capsys.readouterr().out
+    assert f"generated codes: samples/{first}" in said and "metrics.jsonl row 1: loss" in said
+    assert "weights" not in said
+    assert compare([str(a), str(b), "--ignore", "loss"]) == 1
+    assert "loss" not in capsys.readouterr().out
+    assert compare([str(a), str(tmp_path / "nowhere")]) == 2

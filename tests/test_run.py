@@ -485,3 +485,23 @@ def test_cuda_precision_defaults():
         assert not allow_tf32("bf16", cpu)
     finally:
         torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def test_the_training_bar_stops_at_its_total():
+    """A budgeted run's last step overshoots the budget; its bar ends at 100%, with no tqdm
+    warning and no negative time left."""
+    import io
+    import warnings
+
+    from tqdm import tqdm
+
+    from experiments.train import advance
+
+    out = io.StringIO()
+    bar = tqdm(total=1.0, file=out, bar_format="{n:.2f}/{total:.2f} {remaining}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            advance(bar, 0.6)
+        bar.close()
+    assert bar.n == pytest.approx(1.0) and "-" not in out.getvalue().split("\r")[-1]
