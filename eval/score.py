@@ -222,6 +222,12 @@ def generated_split(run: Run) -> str:
     return NOVEL if run.condition == NOVEL else eval_split(run)
 
 
+def code_dropout(model: dict) -> str:
+    """The run's input-code dropout, as the study's tables name it: '0.3 per frame', 'none'."""
+    p = model.get("code_dropout", 0.0)
+    return f"{p:g} per {model.get('code_dropout_unit', 'code')}" if p else "none"
+
+
 def run_row(run: Run, scores: dict) -> dict:
     """One table row: what the run cost (steps, codes, FLOPs, time) and how it scored."""
     test, cfg = run.test_metrics, run.config
@@ -237,6 +243,7 @@ def run_row(run: Run, scores: dict) -> dict:
         "k": k,
         "split": generated_split(run),
         "budget_flops": cfg["train"].get("budget_flops"),
+        "code_dropout": code_dropout(cfg["model"]),
         "params_M": test["params"] / 1e6,
         "non_embedding_params_M": test["params_non_embedding"] / 1e6,
         "steps": test["steps"],

@@ -31,6 +31,7 @@ BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 TABLE_COLUMNS = {  # column -> heading
     "model": "backend",
     "seeds": "seeds",
+    "code_dropout": "code dropout",
     "wer": "WER (mean per utt., 95% CI)",
     "wer_pooled": "pooled WER",
     "cer_mean": "CER",
@@ -118,6 +119,7 @@ def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -
         cells = {
             "model": model,
             "seeds": str(len(block)),
+            "code_dropout": ", ".join(sorted(set(block["code_dropout"]))),
             "wer": f"**{ci['wer_mean']:.3f}** [{ci['ci_low']:.3f}, {ci['ci_high']:.3f}]",
             "wer_pooled": _fmt(block["wer"].mean()),
             "codes_seen": f"{block['codes_seen'].mean() / 1e6:.1f} M",

@@ -56,6 +56,7 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     for name in ("| delay |", "| valle |", "*ground truth*", "*codec resynthesis*"):
         assert name in section
     assert "delay - valle:" in section  # the pair's finding, with its interval
+    assert "| code dropout |" in section.split("| delay |")[0]  # each row names its recipe
     assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
     scores = json.loads((study / "plain-k2-1e9" / "delay-tiny-seed0" / "scores.json").read_text())
     assert scores["asr"]["model"] == "tiny.en" and scores["second_asr"]["model"] == "base"
@@ -119,3 +120,13 @@ def test_a_screen_pick_is_the_lowest_wer_and_a_tie_goes_to_bits_per_code():
     tie = utterances(a=base, b=base + noise - noise.mean() + 0.001, c=base + 0.3)
     chosen, why = pick(screened(tie, {"a": 5.0, "b": 4.0, "c": 3.0}), tie)
     assert chosen == "b" and why == "WER ties `a`, `b`: lowest bits/code"
+
+
+def test_each_row_names_its_code_dropout():
+    """Per-backend picks differ, so the tables say which dropout each row trained with (runs
+    saved before the unit existed dropped codes one by one)."""
+    from eval.score import code_dropout
+
+    assert code_dropout({"code_dropout": 0.3, "code_dropout_unit": "frame"}) == "0.3 per frame"
+    assert code_dropout({"code_dropout": 0.5}) == "0.5 per code"
+    assert code_dropout({"code_dropout": 0.0, "code_dropout_unit": "frame"}) == "none"
