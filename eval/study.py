@@ -5,9 +5,10 @@
 
 Reads every scored run under the root (`scores.json` per run, `references/*/scores.json` per
 scored folder; eval/score.py writes both, and they are committed with the runs), and writes
-`<root>/RESULTS.md`; with --readme, it replaces the README's
-section between `<!-- study:begin -->` and `<!-- study:end -->` with the same tables, so the
-README's numbers are never typed (tests/test_study.py checks they match the committed files).
+`<root>/RESULTS.md` (every table); with --readme, it replaces the README's section between
+`<!-- study:begin -->` and `<!-- study:end -->` with the answer only (the confirmatory tables
+and the screens' picks, the screen tables left to RESULTS.md), so the README's numbers are
+never typed (tests/test_study.py checks they match the committed files).
 
 A folder of runs (a *group*) is `<study>/<variant>-k<K>-<budget>`: one setting. Backends are
 compared within a group only. Screens (split `valid`) choose each backend's recipe; only the
@@ -223,13 +224,14 @@ def findings(effects: pd.DataFrame) -> list[str]:
     return out
 
 
-def render(root: str | Path) -> str:
+def render(root: str | Path, screens: bool = True) -> str:
     """The study's markdown: per group and condition (`tts` on the run's split, `novel` on the
-    sentences of held-out words) its table and its pairwise findings."""
+    sentences of held-out words) its table and its pairwise findings, then the screens' picks.
+    screens=False (the README's section) leaves out the screens' own tables (split `valid`)."""
     table, per_utt, left_out = collect(root)
     cut = [f"- {line}" for line in left_out]
     if cut:
-        cut = ["", "Left out of every table (to be run again):", *cut]
+        cut = ["", "Left out of every table (each setting is run again in full):", *cut]
     if table.empty or "group" not in table or table["group"].isna().all():
         return "\n".join(["No study runs are scored yet.", *cut]) + "\n"
     runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
@@ -240,7 +242,14 @@ def render(root: str | Path) -> str:
         "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "
         'run\'s split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
     ]
-    for (group, condition), block in runs.groupby(["group", "condition"], sort=True):
+    shown = runs if screens else runs[runs["split"] != "valid"]
+    if not screens:
+        md.append(
+            "\nThe screens' own tables (`valid`, one seed each): "
+            "[results/study/RESULTS.md](results/study/RESULTS.md)."
+            + ("" if not shown.empty else " The confirmatory runs are not scored yet.")
+        )
+    for (group, condition), block in shown.groupby(["group", "condition"], sort=True):
         first = block.iloc[0]
         split = first["split"]
         scored_with = (
@@ -284,7 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         write_text(Path(args.root) / "RESULTS.md", "# The study\n\n" + section)
         if args.readme:
             readme = Path(args.readme)
-            write_text(readme, replace_section(readme.read_text(), section))
+            brief = render(args.root, screens=False)
+            write_text(readme, replace_section(readme.read_text(), brief))
     except StudyError as err:
         ap.exit(1, f"{ap.prog}: error: {err}\n")
     print(section)

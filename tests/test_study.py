@@ -19,7 +19,7 @@ def test_the_readme_shows_what_the_committed_study_files_give():
     eval/study.py renders from results/study/ (rerun it with --readme after scoring)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split(BEGIN, 1)[1].split(END, 1)[0]
-    assert section.strip() == render(ROOT / "results" / "study").strip()
+    assert section.strip() == render(ROOT / "results" / "study", screens=False).strip()
 
 
 def test_every_study_file_in_the_repo_loads():
@@ -44,20 +44,30 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
              "--steps", "2", "--set", f"data.root={tmp_path / 'data'}", "generate.limit=3",
              "generate.max_seconds=0.5", "generate.split=valid"]
         )  # fmt: skip
+    run(  # a confirmatory group: scored on `test`
+        ["--model", "delay", "--preset", "tiny", "--out", str(study / "pick-k2-1e9"),
+         "--steps", "2", "--set", f"data.root={tmp_path / 'data'}", "generate.limit=3",
+         "generate.max_seconds=0.5"]
+    )  # fmt: skip
     score([str(study), "--data-root", "data", "--second-asr", "base"])
     readme = tmp_path / "README.md"
     readme.write_text(f"# demo\n{BEGIN}\n(typed by hand)\n{END}\nafter\n")
     publish([str(tmp_path / "study"), "--readme", str(readme)])
     text = readme.read_text()
     assert "(typed by hand)" not in text and text.endswith(f"{END}\nafter\n")
-    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    assert section.strip() == render(tmp_path / "study").strip()
+    brief = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert brief.strip() == render(tmp_path / "study", screens=False).strip()
+    # the README gets the answer (the confirmatory tables) and the picks; RESULTS.md every
+    # table, the screens' too
+    assert "`demo/pick-k2-1e9`: K = 2" in brief and "sentences of `test`" in brief
+    assert "Picks of `demo`" in brief and "`demo/plain-k2-1e9`: K = 2" not in brief
+    section = render(tmp_path / "study")
+    assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
     assert "`demo/plain-k2-1e9`: K = 2" in section and "sentences of `valid`" in section
     for name in ("| delay |", "| valle |", "*ground truth*", "*codec resynthesis*"):
         assert name in section
     assert "delay - valle:" in section  # the pair's finding, with its interval
     assert "| code dropout |" in section.split("| delay |")[0]  # each row names its recipe
-    assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
     scores = json.loads((study / "plain-k2-1e9" / "delay-tiny-seed0" / "scores.json").read_text())
     assert scores["asr"]["model"] == "tiny.en" and scores["second_asr"]["model"] == "base"
     assert all("wer_second" in u for u in scores["utterances"])
