@@ -163,36 +163,58 @@ def pick(screened: pd.DataFrame, utterances: pd.DataFrame) -> tuple[str, str]:
     ), f"WER ties {', '.join(f'`{v}`' for v in sorted(tied))}: lowest bits/code"
 
 
-def picks(runs: pd.DataFrame, per_utt: pd.DataFrame) -> list[str]:
-    """Per study whose groups score `valid` (screens): each backend's mean per-utterance WER
-    and bits/code in every variant, and its pick (`pick`: the one procedure every backend
-    gets)."""
+def screen_picks(runs: pd.DataFrame, per_utt: pd.DataFrame) -> pd.DataFrame:
+    """Per study whose groups score `valid` (screens) and backend: its mean per-utterance WER
+    and bits/code in every variant (`cells`), its pick (`pick`: the one procedure every backend
+    gets), why, the pick's code dropout, and whether every variant of the study was screened
+    (`final`)."""
     screens = runs[(runs["split"] == "valid") & (runs["condition"] == "tts")].copy()
     if screens.empty:
-        return []
+        return pd.DataFrame()
     utts = per_utt[per_utt["group"].isin(set(screens["group"])) & (per_utt["condition"] == "tts")]
     utts = utts.assign(variant=utts["group"].map(lambda g: g.split("/", 1)[-1]))
     screens["study"] = screens["group"].map(lambda g: g.split("/")[0])
     screens["variant"] = screens["group"].map(lambda g: g.split("/", 1)[-1])
-    md = []
+    out = []
     for study, block in screens.groupby("study"):
         variants = sorted(block["variant"].unique())
-        md += [f"\n#### Picks of `{study}` (on `valid`: mean per-utterance WER / bits per code)\n",
-               "| backend | " + " | ".join(f"`{v}`" for v in variants) + " | pick | why |",
-               "|---|" + "---|" * (len(variants) + 2)]  # fmt: skip
         for model, rows in block.groupby("model"):
             by_variant = rows.set_index("variant")
-            cells = [
-                " / ".join(_fmt(by_variant.loc[v, c]) for c in ("wer_mean", "bits_per_code"))
-                if v in by_variant.index
-                else ""
-                for v in variants
-            ]
             here = utts[(utts["model"] == model) & utts["group"].isin(set(rows["group"]))]
             chosen, why = pick(rows, here)
-            if len(rows) < len(variants):
-                why += " (not all screened)"
-            md.append(f"| {model} | " + " | ".join(cells) + f" | `{chosen}` | {why} |")
+            out.append({
+                "study": study, "model": model, "pick": chosen, "why": why,
+                "code_dropout": by_variant.loc[chosen, "code_dropout"],
+                "final": len(rows) == len(variants),
+                "cells": {v: tuple(by_variant.loc[v, ["wer_mean", "bits_per_code"]])
+                          if v in by_variant.index else None for v in variants},
+            })  # fmt: skip
+    return pd.DataFrame(out)
+
+
+def study_picks(root: str | Path) -> pd.DataFrame:
+    """`screen_picks` of the committed files under root."""
+    table, per_utt, _ = collect(root)
+    if table.empty or "group" not in table:
+        return pd.DataFrame()
+    return screen_picks(table[table["group"].notna()], per_utt)
+
+
+def picks(runs: pd.DataFrame, per_utt: pd.DataFrame) -> list[str]:
+    """The screens' picks as markdown: one table per screening study."""
+    chosen = screen_picks(runs, per_utt)
+    md = []
+    for study, block in chosen.groupby("study") if not chosen.empty else []:
+        variants = list(block.iloc[0]["cells"])
+        md += [f"\n#### Picks of `{study}` (on `valid`: mean per-utterance WER / bits per code)\n",
+               "| backend | " + " | ".join(f"`{v}`" for v in variants)
+               + " | pick | code dropout | why |",
+               "|---|" + "---|" * (len(variants) + 3)]  # fmt: skip
+        for _, row in block.iterrows():
+            cells = [" / ".join(map(_fmt, c)) if c else "" for c in row["cells"].values()]
+            why = row["why"] + ("" if row["final"] else " (not all screened)")
+            md.append(f"| {row['model']} | " + " | ".join(cells)
+                      + f" | `{row['pick']}` | {row['code_dropout']} | {why} |")  # fmt: skip
     return md
 
 

@@ -16,11 +16,11 @@ Within a preset, backends are matched:
 - in data order (same seed, same sampler) and in decoding (one `Sampling` policy).
 K is stated once per preset, on the codec; the model takes the codec's K.
 
-The `cpu` preset's shared recipe (docs/recipe.md): K = 2 (the mel-rvq codec's first
-two levels), aligned rotary positions (models/positions.py; the stride is measured on the
-training split) and input-code dropout 0.5 (models/blocks.py `drop_codes`), the same for every
-backend. `paper` keeps sequence positions and no code dropout until the recipe is screened on
-LJSpeech.
+The recipe of `cpu` and `paper`: aligned rotary positions (models/positions.py; the stride is
+measured on the training split, docs/recipe.md) and each backend's input-code dropout as the
+study's screens picked it (`STUDY_CODE_DROPOUT`; models/blocks.py `drop_codes`). `cpu` runs at
+K = 2 (the mel-rvq codec's first two levels). The old `paper` setting is one override away:
+`--set model.positions=sequence model.code_dropout=0`.
 """
 
 import copy
@@ -86,6 +86,22 @@ CPU_BUDGET_FLOPS = 1.8e14
 # steps and megabyte ~72k. Before, the preset matched 100k steps, i.e. 10x the FLOPs for flat.
 PAPER_BUDGET_FLOPS = 3e18
 
+# Each backend's input-code dropout (p, unit), picked by the study's screens on `valid` (K = 4,
+# 9e13 FLOPs, one seed, the same three trials for every backend; the rule in docs/study.md, the
+# table "Picks of `screens`" in results/study/RESULTS.md, which tests/test_presets.py checks this
+# against). A backend the screens have not picked for gets the shared 0.5 per code.
+STUDY_CODE_DROPOUT = {
+    "delay": (0.5, "frame"),
+    "megabyte": (0.5, "code"),
+}
+SHARED_CODE_DROPOUT = (0.5, "code")
+
+
+def study_recipe(model: str) -> dict:
+    p, unit = STUDY_CODE_DROPOUT.get(model, SHARED_CODE_DROPOUT)
+    return {"positions": "aligned", "code_dropout": p, "code_dropout_unit": unit}
+
+
 # Per preset: the shared model shape with the reference backend's depth; every other backend's
 # depths are derived from it (matched_depths), so a new backend needs no line here.
 REFERENCE = "megabyte"
@@ -98,8 +114,6 @@ _MODELS = {
         local_dim=128,
         local_depth=2,
         depth=4,
-        positions="aligned",  # the recipe that made it speak: docs/recipe.md
-        code_dropout=0.5,
     ),
     "paper": ModelConfig(
         dim=768, dim_head=64, ff_mult=4, local_dim=384, local_depth=4, depth=11, dropout=0.1
@@ -424,7 +438,12 @@ def _preset(name: str, model: str, seed: int) -> RunConfig:
         seed=seed,
         data=copy.deepcopy(_DATA[name]),
         codec=replace(_CODECS[name]),
-        model=replace(_MODELS[name], name=model, **matched_depths(name, model)),
+        model=replace(
+            _MODELS[name],
+            name=model,
+            **matched_depths(name, model),
+            **(study_recipe(model) if name in ("cpu", "paper") else {}),
+        ),
         train=replace(_TRAIN[name], seed=seed),
         generate=copy.deepcopy(_GENERATE[name]),
     )

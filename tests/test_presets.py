@@ -1,10 +1,12 @@
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
 from experiments.presets import preset
 from models.registry import BACKENDS, build_backend
 
+ROOT = Path(__file__).resolve().parent.parent
 K = {"tiny": 2, "cpu": 2, "paper": 8}
 
 
@@ -82,3 +84,20 @@ def test_every_preset_that_trains_for_real_ends_every_backend_at_one_flops_budge
         }
         assert len(budgets) == 1 and None not in budgets
         assert preset(name, "delay").train.steps >= 100_000
+
+
+def test_the_presets_code_dropout_is_the_screens_pick():
+    """STUDY_CODE_DROPOUT is typed in presets.py: it must be what the committed screens pick
+    (eval/study.py, the rule of docs/study.md), one entry per backend whose pick is final."""
+    from eval.score import code_dropout
+    from eval.study import study_picks
+    from experiments.presets import STUDY_CODE_DROPOUT
+
+    chosen = study_picks(ROOT / "results" / "study")
+    final = chosen[(chosen["study"] == "screens") & chosen["final"]].set_index("model")
+    assert set(STUDY_CODE_DROPOUT) == set(final.index)
+    for model, row in final.iterrows():
+        for name in ("cpu", "paper"):
+            cfg = asdict(preset(name, model).model)
+            assert code_dropout(cfg) == row["code_dropout"], (name, model, row["pick"])
+            assert cfg["positions"] == "aligned"
