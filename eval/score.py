@@ -144,13 +144,20 @@ def score_run(run: Run, asr: Asr, key: str, force: bool, second: Asr | None = No
     return result
 
 
+def _codec_settings(saved: dict) -> dict:
+    """codec.json as the reference rows' key: a local checkpoint by its content (sha256), not
+    by the path it lay at, so one checkpoint at two paths is one codec."""
+    sha = saved.get("provenance", {}).get("checkpoint_sha256")
+    return {**saved, "weights": f"sha256:{sha}"} if sha else saved
+
+
 def _reference_groups(runs: list[Run]) -> dict[str, list[Run]]:
     """The runs that share a corpus, codec and generated split (hence reference rows)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
         group_key = digest(
             run.config["data"],
-            run.dir.read_json(run.dir.codec_config),
+            _codec_settings(run.dir.read_json(run.dir.codec_config)),
             run.codec().identity(),
             generated_split(run),
         )

@@ -200,3 +200,26 @@ def test_a_study_is_scored_per_folder_and_from_codes_when_wavs_are_gone(tmp_path
     refs = again[again["preset"].isna()].set_index("run")
     assert refs.loc["ground truth", "mcd"] == pytest.approx(0.0, abs=1e-3)
     assert refs.loc["codec resynthesis", "mcd"] > 0
+
+
+def test_one_codec_checkpoint_at_two_paths_is_one_reference_group():
+    """Reference rows are keyed by the codec's content: the same EnCodec checkpoint at two
+    paths is scored once, another checkpoint apart."""
+    from types import SimpleNamespace
+
+    from eval.score import _reference_groups
+
+    def run(path: str, sha: str):
+        saved = {"name": "encodec", "bandwidth": 6.0, "weights": path,
+                 "provenance": {"checkpoint_sha256": sha}}  # fmt: skip
+        return SimpleNamespace(
+            config={"data": {"corpus": "ljspeech", "root": "data"}},
+            dir=SimpleNamespace(codec_config="codec.json", read_json=lambda _: dict(saved)),
+            codec=lambda: SimpleNamespace(identity=lambda: f"checkpoint sha256:{sha[:16]}"),
+            condition="tts",
+            test_metrics={"eval_split": "test"},
+        )
+
+    same = [run("/a/encodec.th", "ab" * 32), run("/b/copy.th", "ab" * 32)]
+    assert len(_reference_groups(same)) == 1
+    assert len(_reference_groups([*same, run("/a/encodec.th", "cd" * 32)])) == 2
