@@ -93,6 +93,7 @@ PAPER_BUDGET_FLOPS = 3e18
 STUDY_CODE_DROPOUT = {
     "delay": (0.5, "frame"),
     "megabyte": (0.5, "code"),
+    "valle": (0.3, "frame"),
 }
 SHARED_CODE_DROPOUT = (0.5, "code")
 
