@@ -515,16 +515,20 @@ class Trainer:
         )
         raise Interrupted(128 + int(self.signal))
 
-    def _progress(self) -> tqdm:
-        """The training bar, counting toward the limit that ends the run: the FLOPs budget (in
-        TFLOPs, so its ETA is real) when there is one, else the step cap."""
-        shown = dist.is_main()
-        if self.cfg.budget_flops is None:
+    def _progress(self, step_flops: float) -> tqdm:
+        """The training bar, made after this process's first step (which it counts) and
+        counting toward the limit that ends the run: the FLOPs budget (in TFLOPs, so its ETA is
+        real), unless the step cap comes first at that step's cost (then steps)."""
+        shown, budget = dist.is_main(), self.cfg.budget_flops
+        if (
+            budget is None
+            or (self.cfg.steps - self.step) * step_flops < budget - self.counts["flops"]
+        ):
             return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step",
                         disable=not shown)  # fmt: skip
         return tqdm(
-            total=round(self.cfg.budget_flops / 1e12, 2),
-            initial=round(self.counts["flops"] / 1e12, 2),
+            total=self.cfg.budget_flops / 1e12,
+            initial=min(self.counts["flops"], self.cfg.budget_flops) / 1e12,
             desc="train (TFLOPs of the budget)",
             unit="TFLOP",
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}{postfix}]",
@@ -566,16 +570,19 @@ class Trainer:
         cfg = self.cfg
         batches = self._batches()
         self.model.train()
-        bar = self._progress()
+        bar = None
         window = {"codes": 0.0, "wall": 0.0}
         last_saved = self.counts["train_seconds"]
         while (stopped_by := self._out_of_budget()) is None:
             step = self._train_step(batches)
+            if bar is None:
+                bar = self._progress(step["flops"])
+            else:
+                advance(bar, 1 if bar.unit == "step" else step["flops"] / 1e12)
             if not math.isfinite(step["loss"]):
                 bar.close()
                 self._stop_non_finite(step["loss"])
             window = {key: window[key] + step[key] for key in window}
-            advance(bar, step["flops"] / 1e12 if cfg.budget_flops is not None else 1)
             if self.step % cfg.log_every == 0 or self.step == 1:
                 record = {
                     **self._record(),
@@ -600,7 +607,8 @@ class Trainer:
             elif self._checkpoint_due(last_saved):
                 self._checkpoint(best=False)
                 last_saved = self.counts["train_seconds"]
-        bar.close()
+        if bar is not None:  # None: training had ended before (a resumed, finished run)
+            bar.close()
         if self.signal is not None:  # it came during the last evaluation or checkpoint
             self._stop_on_signal()
         if stopped_by == "max_minutes" and self.cfg.budget_flops is not None and dist.is_main():

@@ -505,3 +505,18 @@ def test_the_training_bar_stops_at_its_total():
             advance(bar, 0.6)
         bar.close()
     assert bar.n == pytest.approx(1.0) and "-" not in out.getvalue().split("\r")[-1]
+
+
+def test_the_training_bar_counts_toward_the_limit_that_ends_the_run(tmp_path, data_root, capsys):
+    """Steps when the step cap comes before the FLOPs budget (the paper preset at tiny
+    overrides), TFLOPs of the budget when the budget ends the run first."""
+    run(tiny_args("delay", tmp_path / "steps", data_root, "train.budget_flops=1e18"))
+    bar = capsys.readouterr().err.split("\r")
+    trained = [line for line in bar if line.startswith("train")]
+    assert trained and all("TFLOPs" not in line for line in trained)
+    assert "6/6" in trained[-1]
+    run([*tiny_args("delay", tmp_path / "flops", data_root, "train.budget_flops=6e9"),
+         "--steps", "1000"])  # fmt: skip
+    trained = [line for line in capsys.readouterr().err.split("\r") if line.startswith("train")]
+    assert trained and "train (TFLOPs of the budget)" in trained[-1]
+    assert "100%" in trained[-1]
