@@ -515,17 +515,18 @@ class Trainer:
         )
         raise Interrupted(128 + int(self.signal))
 
-    def _progress(self, step_flops: float) -> tqdm:
+    def _progress(self, step_flops: float) -> tuple[tqdm, bool]:
         """The training bar, made after this process's first step (which it counts) and
         counting toward the limit that ends the run: the FLOPs budget (in TFLOPs, so its ETA is
-        real), unless the step cap comes first at that step's cost (then steps)."""
+        real), unless the step cap comes first at that step's cost (then steps) -> (the bar,
+        whether it counts steps)."""
         shown, budget = dist.is_main(), self.cfg.budget_flops
         if (
             budget is None
             or (self.cfg.steps - self.step) * step_flops < budget - self.counts["flops"]
         ):
             return tqdm(total=self.cfg.steps, initial=self.step, desc="train", unit="step",
-                        disable=not shown)  # fmt: skip
+                        disable=not shown), True  # fmt: skip
         return tqdm(
             total=self.cfg.budget_flops / 1e12,
             initial=min(self.counts["flops"], self.cfg.budget_flops) / 1e12,
@@ -533,7 +534,7 @@ class Trainer:
             unit="TFLOP",
             bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} [{elapsed}<{remaining}{postfix}]",
             disable=not shown,
-        )
+        ), False
 
     def _stop_non_finite(self, loss: float) -> None:
         """One line naming the step and the last good checkpoint; every rank sees the same
@@ -576,9 +577,9 @@ class Trainer:
         while (stopped_by := self._out_of_budget()) is None:
             step = self._train_step(batches)
             if bar is None:
-                bar = self._progress(step["flops"])
+                bar, by_steps = self._progress(step["flops"])
             else:
-                advance(bar, 1 if bar.unit == "step" else step["flops"] / 1e12)
+                advance(bar, 1 if by_steps else step["flops"] / 1e12)
             if not math.isfinite(step["loss"]):
                 bar.close()
                 self._stop_non_finite(step["loss"])
