@@ -92,6 +92,7 @@ PAPER_BUDGET_FLOPS = 3e18
 # against). A backend the screens have not picked for gets the shared 0.5 per code.
 STUDY_CODE_DROPOUT = {
     "delay": (0.5, "frame"),
+    "flat": (0.3, "frame"),
     "megabyte": (0.5, "code"),
     "valle": (0.3, "frame"),
 }
