@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from eval.score import main as score
-from eval.study import BEGIN, END, StudyError, render, replace_section
+from eval.study import BEGIN, END, StudyError, asr_agreement, render, replace_section
 from eval.study import main as publish
 from experiments.run import main as run
 from experiments.sweep import load_study
@@ -140,3 +140,14 @@ def test_each_row_names_its_code_dropout():
     assert code_dropout({"code_dropout": 0.3, "code_dropout_unit": "frame"}) == "0.3 per frame"
     assert code_dropout({"code_dropout": 0.5}) == "0.5 per code"
     assert code_dropout({"code_dropout": 0.0, "code_dropout_unit": "frame"}) == "none"
+
+
+def test_the_two_asrs_rank_agreement_needs_two_backends():
+    import pandas as pd
+
+    one = pd.DataFrame({"model": ["delay"] * 2, "wer": [0.5, 0.7], "wer_second": [0.4, 0.6]})
+    (line,) = asr_agreement(one)
+    assert "delay 0.500" in line and "needs two backends" in line and "nan" not in line
+    two = pd.concat([one, one.assign(model="valle", wer=[0.9, 1.0], wer_second=[0.8, 0.9])])
+    (line,) = asr_agreement(two)
+    assert "Kendall tau = 1.00 over 2 backends" in line
