@@ -355,6 +355,11 @@ def write_report(out: Path, table, per_utt, runs, references, tests, problems, *
     write_text(out / "report.html", page)
 
 
+def _number(value: float, digits: int) -> str:
+    """A cell's number, or blank where it was not measured (NaN)."""
+    return "" if pd.isna(value) else f"{value:.{digits}f}"
+
+
 def headline_table(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
     """The first thing the report shows: per backend (and group and condition when there are
     several) the mean per-utterance WER with its 95% interval, bits/code, loop rate and speed,
@@ -373,7 +378,7 @@ def headline_table(table: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame
             "backend": block["entry"].iloc[0], "seeds": len(block), "WER (95% CI)": wer,
             "MCD dB": f"{mean['mcd']:.2f}", "bits/code": f"{mean['bits_per_code']:.3f}",
             "loops": f"{mean['loop_rate']:.2f}", "gen RTF": f"{mean['gen_rtf']:.2f}",
-            "train codes/s": f"{block['train_codes_per_s'].mean():.0f}",
+            "train codes/s": _number(block["train_codes_per_s"].mean(), 0),
         })  # fmt: skip
     refs = table[table["preset"].isna()].drop_duplicates(subset=["model", "k", "split"])
     for _, ref in refs.iterrows():

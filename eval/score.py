@@ -265,7 +265,8 @@ def run_row(run: Run, scores: dict) -> dict:
         # missing in runs made before it was measured (experiments/held_out.py text_reliance)
         "text_reliance_bits": test["test"].get("text_reliance_bits"),
         "gen_rtf": run.generation_summary["real_time_factor"],
-        "train_codes_per_s": sum(train_rates[1:]) / max(1, len(train_rates) - 1),
+        # the first log line (step 1) carries warm-up: not measured with fewer than two lines
+        "train_codes_per_s": statistics.fmean(train_rates[1:]) if train_rates[1:] else math.nan,
     }
     for i, bits in enumerate(test["test"]["bits_per_code_by_codebook"], start=1):
         row[f"bits_cb{i}"] = bits

@@ -127,7 +127,7 @@ def group_table(runs: pd.DataFrame, per_utt: pd.DataFrame, refs: pd.DataFrame) -
             "wer_pooled": _fmt(block["wer"].mean()),
             "codes_seen": f"{block['codes_seen'].mean() / 1e6:.1f} M",
             "steps": f"{block['steps'].mean():.0f}",
-            "train_codes_per_s": f"{block['train_codes_per_s'].mean():.0f}",
+            "train_codes_per_s": _fmt(block["train_codes_per_s"].mean(), 0),
             "gen_rtf": _fmt(block["gen_rtf"].mean(), 2),
         }
         for col in ("cer_mean", "mcd", "bits_per_code", "text_reliance_bits", "loop_rate"):

@@ -223,3 +223,27 @@ def test_one_codec_checkpoint_at_two_paths_is_one_reference_group():
     same = [run("/a/encodec.th", "ab" * 32), run("/b/copy.th", "ab" * 32)]
     assert len(_reference_groups(same)) == 1
     assert len(_reference_groups([*same, run("/a/encodec.th", "cd" * 32)])) == 2
+
+
+def test_a_run_with_one_training_log_line_has_no_measured_rate():
+    # the step-1 line carries warm-up and is left out; with no other line the rate is blank
+    import dataclasses
+    import math
+
+    from eval.report import headline_table
+    from eval.runs import load_runs
+    from eval.score import run_row
+
+    study = Path(__file__).parents[1] / "results/study/confirm/pick-k4-1.8e14"
+    (run,) = [r for r in load_runs(study / "delay-cpu-seed0") if r.condition == "tts"]
+    scores = json.loads((run.path / "scores.json").read_text())
+    rates = [m["train_codes_per_s"] for m in run.metrics if "train_codes_per_s" in m]
+    full = run_row(run, scores)
+    assert len(rates) > 2 and full["train_codes_per_s"] == pytest.approx(
+        sum(rates[1:]) / (len(rates) - 1)
+    )
+    short = dataclasses.replace(run, metrics=[m for m in run.metrics if m.get("step") == 1])
+    row = run_row(short, scores)
+    assert math.isnan(row["train_codes_per_s"])
+    table = pd.DataFrame([{**row, "entry": "delay", "preset": "cpu"}])
+    assert headline_table(table, pd.DataFrame())["train codes/s"].tolist() == [""]
