@@ -18,6 +18,7 @@ confirmatory studies score `test` (and `novel`, the sentences of held-out words)
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import pandas as pd
 from eval.runs import RunError, find_runs, load_runs
 from eval.score import run_row
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
+from eval.study_plot import wer_by_k
 from phonelm.io import write_text
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
@@ -251,10 +253,22 @@ def findings(effects: pd.DataFrame) -> list[str]:
     return out
 
 
-def render(root: str | Path, screens: bool = True) -> str:
+def plot(root: str | Path) -> Path | None:
+    """Write `<root>/wer_by_k.png` (eval/study_plot.py) -> its path, or None when no
+    confirmatory run is scored yet."""
+    table, per_utt, _ = collect(root)
+    if table.empty or "group" not in table or table["group"].isna().all():
+        return None
+    runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
+    refs = table[table["group"].isna()]
+    return wer_by_k(runs, backend_intervals(per_utt), refs, Path(root) / "wer_by_k.png")
+
+
+def render(root: str | Path, screens: bool = True, figure: str | None = None) -> str:
     """The study's markdown: per group and condition (`tts` on the run's split, `novel` on the
     sentences of held-out words) its table and its pairwise findings, then the screens' picks.
-    screens=False (the README's section) leaves out the screens' own tables (split `valid`)."""
+    screens=False (the README's section) leaves out the screens' own tables (split `valid`);
+    figure: the link to the plot, shown under the introduction."""
     table, per_utt, left_out = collect(root)
     cut = [f"- {line}" for line in left_out]
     if cut:
@@ -269,6 +283,8 @@ def render(root: str | Path, screens: bool = True) -> str:
         "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "
         'run\'s split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
     ]
+    if figure:
+        md.append(f"\n![Mean per-utterance WER against K per backend]({figure})")
     shown = runs if screens else runs[runs["split"] != "valid"]
     if not screens:
         md.append(
@@ -317,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", default=None, help="a README whose study section to rewrite")
     args = ap.parse_args(argv)
     try:
-        section = render(args.root)
+        figure = plot(args.root)
+        section = render(args.root, figure=figure and figure.name)
         write_text(Path(args.root) / "RESULTS.md", "# The study\n\n" + section)
         if args.readme:
             readme = Path(args.readme)
-            brief = render(args.root, screens=False)
+            link = figure and os.path.relpath(figure, readme.resolve().parent)
+            brief = render(args.root, screens=False, figure=link)
             write_text(readme, replace_section(readme.read_text(), brief))
     except StudyError as err:
         ap.exit(1, f"{ap.prog}: error: {err}\n")

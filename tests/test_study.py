@@ -8,6 +8,7 @@ import pytest
 from eval.score import main as score
 from eval.study import BEGIN, END, StudyError, asr_agreement, render, replace_section
 from eval.study import main as publish
+from eval.study_plot import panels, wer_by_k
 from experiments.run import main as run
 from experiments.sweep import load_study
 
@@ -19,7 +20,9 @@ def test_the_readme_shows_what_the_committed_study_files_give():
     eval/study.py renders from results/study/ (rerun it with --readme after scoring)."""
     readme = (ROOT / "README.md").read_text()
     section = readme.split(BEGIN, 1)[1].split(END, 1)[0]
-    assert section.strip() == render(ROOT / "results" / "study", screens=False).strip()
+    figure = "results/study/wer_by_k.png"
+    assert section.strip() == render(ROOT / "results" / "study", False, figure).strip()
+    assert (ROOT / figure).read_bytes().startswith(b"\x89PNG")
 
 
 def test_every_study_file_in_the_repo_loads():
@@ -56,12 +59,14 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     text = readme.read_text()
     assert "(typed by hand)" not in text and text.endswith(f"{END}\nafter\n")
     brief = text.split(BEGIN, 1)[1].split(END, 1)[0]
-    assert brief.strip() == render(tmp_path / "study", screens=False).strip()
+    assert brief.strip() == render(tmp_path / "study", False, "study/wer_by_k.png").strip()
+    assert (tmp_path / "study" / "wer_by_k.png").read_bytes().startswith(b"\x89PNG")
+    assert "](wer_by_k.png)" in (tmp_path / "study" / "RESULTS.md").read_text()
     # the README gets the answer (the confirmatory tables) and the picks; RESULTS.md every
     # table, the screens' too
     assert "`demo/pick-k2-1e9`: K = 2" in brief and "sentences of `test`" in brief
     assert "Picks of `demo`" in brief and "`demo/plain-k2-1e9`: K = 2" not in brief
-    section = render(tmp_path / "study")
+    section = render(tmp_path / "study", figure="wer_by_k.png")
     assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
     assert "`demo/plain-k2-1e9`: K = 2" in section and "sentences of `valid`" in section
     for name in ("| delay |", "| valle |", "*ground truth*", "*codec resynthesis*"):
@@ -151,3 +156,27 @@ def test_the_two_asrs_rank_agreement_needs_two_backends():
     two = pd.concat([one, one.assign(model="valle", wer=[0.9, 1.0], wer_second=[0.8, 0.9])])
     (line,) = asr_agreement(two)
     assert "Kendall tau = 1.00 over 2 backends" in line
+
+
+def test_the_plot_has_a_point_per_backend_and_k_and_leaves_the_screens_out(tmp_path):
+    import pandas as pd
+
+    runs = pd.DataFrame(
+        [{"group": f"{study}/{v}-k{k}-1e9", "condition": "tts", "k": k, "budget_flops": 1e9,
+          "split": split, "model": m}
+         for study, v, split in (("confirm", "pick", "test"), ("screens", "code", "valid"))
+         for k in (2, 4) for m in ("delay", "valle")]
+    )  # fmt: skip
+    intervals = runs[["group", "condition", "model"]].assign(wer_mean=0.5, ci_low=0.4, ci_high=0.7)
+    points = panels(runs, intervals)
+    assert sorted(points["study"].unique()) == ["confirm"] and len(points) == 4
+    assert sorted(zip(points["model"], points["k"], strict=True)) == [
+        ("delay", 2), ("delay", 4), ("valle", 2), ("valle", 4)]  # fmt: skip
+    refs = pd.DataFrame([{"model": "ground truth", "scored_in": "confirm", "split": "test",
+                          "k": 4, "wer_mean": 0.1}])  # fmt: skip
+    path = wer_by_k(runs, intervals, refs, tmp_path / "plot.png")
+    assert path.read_bytes().startswith(b"\x89PNG")
+    steps_only = runs.assign(budget_flops=None)  # runs capped by steps (no FLOPs budget)
+    assert wer_by_k(steps_only, intervals, refs, tmp_path / "steps.png").exists()
+    assert wer_by_k(runs[runs["split"] == "valid"], intervals, refs, tmp_path / "no.png") is None
+    assert not (tmp_path / "no.png").exists()
