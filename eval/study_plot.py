@@ -75,8 +75,9 @@ def wer_by_k(runs: pd.DataFrame, intervals: pd.DataFrame, refs: pd.DataFrame, pa
     handles = {}
     for ax in axes[0]:
         handles.update(zip(*reversed(ax.get_legend_handles_labels()), strict=True))
-    fig.legend(handles.values(), handles.keys(), loc="upper left", bbox_to_anchor=(1.0, 0.95),
-               fontsize=8, frameon=False)  # fmt: skip
+    order = [m for m in models if m in handles] + sorted(set(handles) - set(models))
+    fig.legend([handles[label] for label in order], order, loc="upper left", fontsize=8,
+               bbox_to_anchor=(1.0, 0.95), frameon=False)  # fmt: skip
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90, bbox_inches="tight",
                                              metadata={"Software": None}))  # fmt: skip
