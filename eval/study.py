@@ -27,7 +27,7 @@ import pandas as pd
 from eval.runs import RunError, find_runs, load_runs
 from eval.score import run_row
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
-from eval.study_plot import wer_by_k
+from eval.study_plot import references_of, wer_by_k
 from phonelm.io import write_text
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
@@ -253,30 +253,40 @@ def findings(effects: pd.DataFrame) -> list[str]:
     return out
 
 
-def plot(root: str | Path) -> Path | None:
-    """Write `<root>/wer_by_k.png` (eval/study_plot.py) -> its path, or None when no
-    confirmatory run is scored yet."""
-    table, per_utt, _ = collect(root)
+def runs_and_references(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(the runs' rows in the `tts` and `novel` conditions, the reference rows), or None when
+    no study run is scored yet."""
     if table.empty or "group" not in table or table["group"].isna().all():
         return None
     runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
-    refs = table[table["group"].isna()]
+    return runs, table[table["group"].isna()]
+
+
+def plot(root: str | Path, collected=None) -> Path | None:
+    """Write `<root>/wer_by_k.png` (eval/study_plot.py) -> its path, or None when no
+    confirmatory run is scored yet. collected: what collect(root) gave, if at hand."""
+    table, per_utt, _ = collected or collect(root)
+    if (split := runs_and_references(table)) is None:
+        return None
+    runs, refs = split
     return wer_by_k(runs, backend_intervals(per_utt), refs, Path(root) / "wer_by_k.png")
 
 
-def render(root: str | Path, screens: bool = True, figure: str | None = None) -> str:
+def render(
+    root: str | Path, screens: bool = True, figure: str | None = None, collected=None
+) -> str:
     """The study's markdown: per group and condition (`tts` on the run's split, `novel` on the
     sentences of held-out words) its table and its pairwise findings, then the screens' picks.
     screens=False (the README's section) leaves out the screens' own tables (split `valid`);
-    figure: the link to the plot, shown under the introduction."""
-    table, per_utt, left_out = collect(root)
+    figure: the link to the plot, shown under the introduction; collected: what collect(root)
+    gave, if at hand."""
+    table, per_utt, left_out = collected or collect(root)
     cut = [f"- {line}" for line in left_out]
     if cut:
         cut = ["", "Left out of every table (each setting is run again in full):", *cut]
-    if table.empty or "group" not in table or table["group"].isna().all():
+    if (split := runs_and_references(table)) is None:
         return "\n".join(["No study runs are scored yet.", *cut]) + "\n"
-    runs = table[table["group"].notna() & table["condition"].isin(["tts", "novel"])]
-    refs = table[table["group"].isna()]
+    runs, refs = split
     md = [
         "WER is Whisper tiny.en's (temperature fallback), the mean of per-utterance WER with a "
         "95% hierarchical-bootstrap interval over seeds, then sentences; MCD is the DTW-aligned "
@@ -296,17 +306,7 @@ def render(root: str | Path, screens: bool = True, figure: str | None = None) ->
     for (group, condition), block in sorted(blocks, key=lambda kv: (kv[0][0], kv[0][1] != "tts")):
         first = block.iloc[0]
         split = first["split"]
-        scored_with = (
-            refs
-            if refs.empty
-            else refs[  # references not scored yet: none
-                (refs["k"] == first["k"])
-                & (refs["split"] == split)
-                & refs["scored_in"].map(
-                    lambda where, g=group: where == "." or g.startswith(f"{where}/")
-                )
-            ]
-        )
+        scored_with = references_of(refs, group, split, [first["k"]])
         here = per_utt[(per_utt["group"] == group) & (per_utt["condition"] == condition)]
         md += [
             f"\n#### `{group}`: K = {int(first['k'])}, {first['budget_flops']:.2g} FLOPs, "
@@ -333,13 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", default=None, help="a README whose study section to rewrite")
     args = ap.parse_args(argv)
     try:
-        figure = plot(args.root)
-        section = render(args.root, figure=figure and figure.name)
+        collected = collect(args.root)  # once: loading every run is the slow part
+        figure = plot(args.root, collected)
+        section = render(args.root, figure=figure and figure.name, collected=collected)
         write_text(Path(args.root) / "RESULTS.md", "# The study\n\n" + section)
         if args.readme:
             readme = Path(args.readme)
             link = figure and os.path.relpath(figure, readme.resolve().parent)
-            brief = render(args.root, screens=False, figure=link)
+            brief = render(args.root, screens=False, figure=link, collected=collected)
             write_text(readme, replace_section(readme.read_text(), brief))
     except StudyError as err:
         ap.exit(1, f"{ap.prog}: error: {err}\n")

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from phonelm.io import write_with  # noqa: E402
 
-REFERENCE_STYLE = {"ground truth": ("k", "--", "*"), "codec resynthesis": ("0.5", ":", "s")}
+REFERENCE_STYLE = {"ground truth": ("k", "*"), "codec resynthesis": ("0.5", "s")}  # color, marker
 
 
 def panels(runs: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
@@ -30,12 +30,13 @@ def panels(runs: pd.DataFrame, intervals: pd.DataFrame) -> pd.DataFrame:
     )  # 0: steps only
 
 
-def _references(refs: pd.DataFrame, study: str, split: str, ks: list[int]) -> pd.DataFrame:
-    if refs.empty:
+def references_of(refs: pd.DataFrame, group: str, split: str, ks: list[int]) -> pd.DataFrame:
+    """The reference rows (ground truth, codec) that belong to a group of runs: scored in the
+    group's folder or one above it, on its split, at one of the K values."""
+    if refs.empty:  # references not scored yet: none
         return refs
-    scored_here = refs["scored_in"].map(lambda where: where in (".", study) or
-                                        study.startswith(f"{where}/"))  # fmt: skip
-    return refs[scored_here & (refs["split"] == split) & refs["k"].isin(ks)]
+    above = refs["scored_in"].map(lambda where: where == "." or group.startswith(f"{where}/"))
+    return refs[above & (refs["split"] == split) & refs["k"].isin(ks)]
 
 
 def wer_by_k(runs: pd.DataFrame, intervals: pd.DataFrame, refs: pd.DataFrame, path: Path):
@@ -60,8 +61,8 @@ def wer_by_k(runs: pd.DataFrame, intervals: pd.DataFrame, refs: pd.DataFrame, pa
             below, above = mine["wer_mean"] - mine["ci_low"], mine["ci_high"] - mine["wer_mean"]
             ax.errorbar(mine["k"] + dodge, mine["wer_mean"], yerr=[below, above], capsize=3,
                         marker="o", label=model, color=f"C{i}")  # fmt: skip
-        for _, ref in _references(refs, study, split, ks).sort_values("k").iterrows():
-            color, _, marker = REFERENCE_STYLE.get(ref["model"], ("0.3", "-", "x"))
+        for _, ref in references_of(refs, f"{study}/", split, ks).sort_values("k").iterrows():
+            color, marker = REFERENCE_STYLE.get(ref["model"], ("0.3", "x"))
             ax.plot(ref["k"], ref["wer_mean"], marker=marker, color=color, linestyle="none",
                     label=ref["model"])  # fmt: skip
         ax.set_xticks(ks)
