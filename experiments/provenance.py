@@ -43,11 +43,14 @@ def machine() -> dict:
     return {"cpu": model, "cpus": os.cpu_count(), "gpus": gpus}
 
 
-def environment() -> dict:
+def environment(previous: dict | None = None) -> dict:
+    """This process's record; given the run's earlier env.json (a resumed or repeated run),
+    that first start's record is kept and this one is added to its `restarts`, so that a
+    run's `git` stays the commit it started training at."""
     from importlib.metadata import version
 
     packages = ["torch", "x-transformers", "encodec", "openai-whisper", "g2p_en", "numpy"]
-    return {
+    now = {
         "git": GIT_AT_START,
         "command": sys.argv,
         "python": platform.python_version(),
@@ -58,3 +61,6 @@ def environment() -> dict:
         "machine": machine(),
         "threads": torch.get_num_threads(),
     }
+    if previous is None:
+        return now
+    return {**previous, "restarts": [*previous.get("restarts", []), now]}

@@ -72,7 +72,7 @@ def train_and_generate(cfg: RunConfig, run: RunDir, prepared, resolved: dict) ->
         raise ConfigError(str(err)) from err
     if dist.is_main():  # the run can start: now it gets its directory
         run.write_json(run.config, resolved)
-        run.write_json(run.env, environment())
+        run.write_json(run.env, environment(run.read_json(run.env) if run.env.exists() else None))
         run.save_codec(dataclasses.asdict(cfg.codec), prepared.codec)
         run.write_json(run.manifest, prepared.manifest)
         print(f"[{cfg.model.name}] {params / 1e6:.3f}M parameters ({non_embedding / 1e6:.3f}M "

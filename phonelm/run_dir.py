@@ -2,7 +2,7 @@
 
     <out>/<model>-<preset>-seed<seed>/
         config.json            resolved RunConfig (written once the run can start)
-        env.json               git hash, versions, command, world size
+        env.json               git hash, versions, command, world size (later starts: restarts)
         codec.json             CodecConfig; codec.safetensors: fitted codec state
         data_manifest.json     the dataset cache's manifest
         metrics.jsonl          one JSON record per log line / validation

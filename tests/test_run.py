@@ -102,6 +102,10 @@ def test_run_writes_a_complete_run_directory_and_resumes(model, tmp_path, data_r
     [again] = run(tiny_args(model, tmp_path, data_root))
     assert (run_dir / "metrics.jsonl").read_text().count("\n") == len(lines)
     assert again["steps"] == 6 and again["test"] == result["test"]
+    # ... and keeps the first start's provenance, the later start beside it
+    later = json.loads((run_dir / "env.json").read_text())
+    assert {k: later[k] for k in env} == env and len(later["restarts"]) == 1
+    assert later["restarts"][0]["git"] and "restarts" not in later["restarts"][0]
 
     # another config in the same run directory is refused ...
     with pytest.raises(SystemExit) as refused:
