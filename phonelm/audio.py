@@ -1,5 +1,6 @@
 """Audio I/O and conditioning: any file/rate/channel count in, mono float32 at a target rate out."""
 
+import io
 import math
 import os
 
@@ -35,10 +36,21 @@ def conform(wav: torch.Tensor, sr: int, target_sr: int) -> torch.Tensor:
     return wav.clamp(-1.0, 1.0)
 
 
+def _pcm16(target, wav: torch.Tensor, sr: int) -> None:
+    data = wav.detach().float().clamp(-1.0, 1.0).cpu().numpy()
+    sf.write(target, data, sr, subtype="PCM_16", format="WAV")
+
+
+def wav_bytes(wav: torch.Tensor, sr: int) -> bytes:
+    """The bytes save_audio writes for mono wav [T]."""
+    buffer = io.BytesIO()
+    _pcm16(buffer, wav, sr)
+    return buffer.getvalue()
+
+
 def save_audio(path: str | os.PathLike, wav: torch.Tensor, sr: int) -> None:
     """Atomically write mono wav [T] as 16-bit PCM."""
-    data = wav.detach().float().clamp(-1.0, 1.0).cpu().numpy()
     try:
-        write_with(path, lambda tmp: sf.write(str(tmp), data, sr, subtype="PCM_16", format="WAV"))
+        write_with(path, lambda tmp: _pcm16(str(tmp), wav, sr))
     except sf.LibsndfileError as err:  # how libsndfile says "disk full": "System error"
         raise OSError(f"cannot write {path} ({err})") from err

@@ -9,6 +9,7 @@
 """
 
 import hashlib
+import multiprocessing
 import re
 import socket
 import tarfile
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from phonelm.audio import conform, save_audio
+from phonelm.audio import conform, save_audio, wav_bytes
 from phonelm.io import digest, write_json, write_text
 
 LJSPEECH_URL = "https://data.keithito.com/data/speech/LJSpeech-1.1.tar.bz2"
@@ -165,8 +166,10 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None)
     The folder is named by a hash of the settings, so other settings never reuse its audio.
     Each wav is written atomically and metadata.csv last: an interrupted build resumes.
     The synthesiser reads the normalised text, so the audio says exactly what the phonemes say.
+    eSpeak NG carries state from one utterance to the next, so the audio is spoken by a fresh
+    process, every utterance in order, also when resuming or when another process builds the
+    same folder at once: the wavs are those of one uninterrupted build, whatever came before.
     """
-    from phonelm.espeak import synthesize
     from phonelm.sentences import novel_sentences, sentences
     from phonelm.text import normalize
 
@@ -187,14 +190,41 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None)
             (f"EMB{settings.seed:02d}-N{i:04d}", text)
             for i, text in enumerate(novel_sentences(settings.n_novel, seed=settings.seed))
         ]
-    for uid, text in tqdm(texts + novel, desc="embedded corpus", unit="utt"):
-        norm = normalize(text)
-        wav_path = root / "wavs" / f"{uid}.wav"
-        if not wav_path.is_file():
-            wav, sr = synthesize(norm, voice=settings.voice, rate=settings.rate)
-            save_audio(wav_path, conform(wav, sr, settings.sample_rate), settings.sample_rate)
-        lines.append(f"{uid}|{text}|{norm}")
+    for uid, text in texts + novel:
+        lines.append(f"{uid}|{text}|{normalize(text)}")
+    _speak_in_a_fresh_process(root, settings, [line.split("|") for line in lines])
     write_text(root / SPLITS_FILE, "".join(f"{uid}|novel\n" for uid, _ in novel))
     write_text(root / "metadata.csv", "\n".join(lines) + "\n")
     write_json(root / "corpus.json", {"settings": stamp})
     return read_ljspeech(root)
+
+
+def _speak_in_a_fresh_process(root: Path, settings: EmbeddedSettings, lines: list[list[str]]):
+    """Run _speak_all in a new interpreter (whose eSpeak has spoken nothing yet)."""
+    process = multiprocessing.get_context("spawn").Process(
+        target=_speak_all, args=(root, settings, lines)
+    )
+    process.start()
+    try:
+        process.join()
+    finally:  # stopped meanwhile (Ctrl-C, SIGTERM): the speaker stops too
+        if process.is_alive():
+            process.terminate()
+            process.join()
+    if process.exitcode != 0:
+        raise CorpusError(f"{root}: building the embedded corpus failed (speaker exit code "
+                          f"{process.exitcode}; its error is printed above)")  # fmt: skip
+
+
+def _speak_all(root: Path, settings: EmbeddedSettings, lines: list[list[str]]) -> None:
+    """Speak every (id, text, normalised text) in order and write each wav that is missing or
+    differs (an earlier build's, made in another order); a wav that is already right is left
+    as it is (its mtime is part of the corpus fingerprint)."""
+    from phonelm.espeak import synthesize
+
+    for uid, _, norm in tqdm(lines, desc="embedded corpus", unit="utt"):
+        wav, sr = synthesize(norm, voice=settings.voice, rate=settings.rate)
+        wav = conform(wav, sr, settings.sample_rate)
+        path = root / "wavs" / f"{uid}.wav"
+        if not path.is_file() or wav_bytes(wav, settings.sample_rate) != path.read_bytes():
+            save_audio(path, wav, settings.sample_rate)

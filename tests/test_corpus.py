@@ -93,6 +93,42 @@ def test_embedded_corpus_is_built_once(tmp_path):
     assert all(u.normalized_text == u.normalized_text.lower() for u in corpus.items)
 
 
+def test_an_embedded_build_gives_the_same_wavs_resumed_twice_at_once_or_after_other_speech(
+    tmp_path,
+):
+    """eSpeak NG carries state from one utterance to the next: a build resumed from a part,
+    two builds of one folder at once, or a build in a process that spoke before must each
+    give the wavs of one uninterrupted build."""
+    import hashlib
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from phonelm.espeak import synthesize
+
+    def wavs(corpus):
+        return {u.id: hashlib.sha256(u.wav.read_bytes()).hexdigest() for u in corpus.items}
+
+    settings = EmbeddedSettings(n_sentences=6)
+    clean = build_embedded(tmp_path / "clean", settings)
+    reference = wavs(clean)
+    # an interrupted build: no metadata yet, one wav missing, one from another build order
+    part = tmp_path / "part" / clean.root.name
+    shutil.copytree(clean.root, part)
+    (part / "metadata.csv").unlink()
+    (part / "corpus.json").unlink()
+    ids = sorted(reference)
+    (part / "wavs" / f"{ids[1]}.wav").unlink()
+    shutil.copy(part / "wavs" / f"{ids[4]}.wav", part / "wavs" / f"{ids[3]}.wav")
+    untouched = (part / "wavs" / f"{ids[0]}.wav").stat().st_mtime_ns
+    synthesize("Something else is spoken first.", voice=settings.voice, rate=settings.rate)
+    resumed = build_embedded(tmp_path / "part", settings)
+    assert wavs(resumed) == reference
+    assert (part / "wavs" / f"{ids[0]}.wav").stat().st_mtime_ns == untouched  # left as it was
+    with ThreadPoolExecutor(2) as pool:  # two builds of one folder at once
+        both = list(pool.map(lambda _: build_embedded(tmp_path / "twice", settings), range(2)))
+    assert wavs(both[0]) == wavs(both[1]) == reference
+
+
 def test_ljspeech_download_reuses_an_unpacked_copy(tmp_path, monkeypatch):
     import torch.hub
 
