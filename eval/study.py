@@ -29,6 +29,7 @@ from eval.score import run_row
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
 from eval.study_plot import references_of, wer_by_k
 from phonelm.io import write_text
+from phonelm.run_dir import RunDirError
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 TABLE_COLUMNS = {  # column -> heading
@@ -71,7 +72,7 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(one row per scored run and reference row, one row per scored utterance, the runs left
     out because they ended short of their FLOPs budget) from the committed files under root."""
     root = Path(root)
-    rows, utterances, asrs, left_out = [], [], set(), []
+    rows, utterances, asrs, left_out, codecs = [], [], set(), [], {}
     for path in find_runs(root):
         try:
             runs = load_runs(path, root)
@@ -80,6 +81,10 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
         if runs and (why := short_of_budget(runs[0].config, runs[0].test_metrics)):
             left_out.append(f"`{path.relative_to(root)}`: {why}")
             continue
+        if runs:
+            codecs.setdefault(runs[0].group, {}).setdefault(codec_identity(runs[0]), []).append(
+                path.name
+            )
         for run in runs:
             try:
                 scores = json.loads(run.samples.scores.read_text())
@@ -103,7 +108,22 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             )  # fmt: skip
     if len(asrs) > 1:
         raise StudyError(f"{root}: runs scored with different ASRs {sorted(asrs)}: rescore")
+    for group, by_codec in codecs.items():
+        if len(by_codec) > 1:  # other codes: the runs did not learn the same targets
+            raise StudyError(
+                f"{root / group}: its runs were trained on different fitted codecs "
+                f"(data_manifest.json codec_identity: {by_codec}); a study shares one codec "
+                "per K (docs/study.md)"
+            )
     return pd.DataFrame(rows), pd.DataFrame(utterances), left_out
+
+
+def codec_identity(run) -> str | None:
+    """The fitted codec a run's dataset was encoded with (its data_manifest.json), if known."""
+    try:
+        return run.dir.read_json(run.dir.manifest).get("codec_identity")
+    except RunDirError:
+        return None
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -74,6 +74,13 @@ def _device_part(device) -> list[str]:
     return [] if device.type == "cpu" else [f"computed on {device.type}"]
 
 
+def fitted_codec_path(cfg: DataConfig, codec: Codec, corpus: Corpus, device="cpu") -> Path:
+    """Where the fit of `codec` (its settings) on this corpus is kept: a file there is loaded
+    instead of fitting (experiments/pin_codec.py puts another machine's fit there)."""
+    key = digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds, *_device_part(device))
+    return project_path(cfg.root) / "codecs" / f"{codec.name}-{key}.safetensors"
+
+
 def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus, device="cpu") -> Codec:
     """Build the codec on `device`; fit it on the training split once (cached by content) if
     it needs it."""
@@ -81,8 +88,7 @@ def fitted_codec(cfg: DataConfig, codec_cfg: CodecConfig, corpus: Corpus, device
     if not codec.needs_fit:
         return codec
     train = [u for u in corpus.items if split_for(cfg, corpus, u) == "train"]
-    key = digest(codec.settings(), corpus.fingerprint(), cfg.fit_seconds, *_device_part(device))
-    path = project_path(cfg.root) / "codecs" / f"{codec.name}-{key}.safetensors"
+    path = fitted_codec_path(cfg, codec, corpus, device)
     if path.is_file():
         try:
             codec.load(path)

@@ -39,7 +39,7 @@ def test_a_section_is_replaced_between_its_markers_only():
 
 
 @pytest.mark.slow
-def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
+def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path, capsys):
     study = tmp_path / "study" / "demo"
     for model in ("delay", "valle"):
         run(
@@ -78,6 +78,13 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path):
     assert all("wer_second" in u for u in scores["utterances"])
     assert "Kendall tau" in section
     assert "Picks of `demo`" in section and "| delay |" in section.split("Picks of")[1]
+    # runs of one group trained on other fitted codecs (another machine's fit) are refused
+    manifest = study / "plain-k2-1e9" / "valle-tiny-seed0" / "data_manifest.json"
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "codec_identity": "x"}))
+    with pytest.raises(SystemExit) as refused:
+        publish([str(tmp_path / "study")])
+    assert refused.value.code == 1 and "different fitted codecs" in capsys.readouterr().err
+    assert (tmp_path / "study" / "RESULTS.md").read_text().endswith(section.lstrip("\n"))
 
     # a run that ended short of its FLOPs budget (the wall-clock cap) is in no table
     cut = study / "plain-k2-1e9" / "valle-tiny-seed0"
