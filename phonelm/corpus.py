@@ -180,7 +180,7 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None)
     root = Path(parent) / f"embedded-{digest(stamp)}"
     if (root / "corpus.json").is_file() and (root / "metadata.csv").is_file():
         return read_ljspeech(root)
-    lines, novel = [], []
+    novel = []
     texts = [
         (f"EMB{settings.seed:02d}-{i:05d}", text)
         for i, text in enumerate(sentences(settings.n_sentences, seed=settings.seed))
@@ -190,16 +190,17 @@ def build_embedded(parent: str | Path, settings: EmbeddedSettings | None = None)
             (f"EMB{settings.seed:02d}-N{i:04d}", text)
             for i, text in enumerate(novel_sentences(settings.n_novel, seed=settings.seed))
         ]
-    for uid, text in texts + novel:
-        lines.append(f"{uid}|{text}|{normalize(text)}")
-    _speak_in_a_fresh_process(root, settings, [line.split("|") for line in lines])
+    spoken = [(uid, text, normalize(text)) for uid, text in texts + novel]
+    _speak_in_a_fresh_process(root, settings, spoken)
     write_text(root / SPLITS_FILE, "".join(f"{uid}|novel\n" for uid, _ in novel))
-    write_text(root / "metadata.csv", "\n".join(lines) + "\n")
+    write_text(root / "metadata.csv", "".join("|".join(fields) + "\n" for fields in spoken))
     write_json(root / "corpus.json", {"settings": stamp})
     return read_ljspeech(root)
 
 
-def _speak_in_a_fresh_process(root: Path, settings: EmbeddedSettings, lines: list[list[str]]):
+def _speak_in_a_fresh_process(
+    root: Path, settings: EmbeddedSettings, lines: list[tuple[str, str, str]]
+):
     """Run _speak_all in a new interpreter (whose eSpeak has spoken nothing yet)."""
     process = multiprocessing.get_context("spawn").Process(
         target=_speak_all, args=(root, settings, lines)
@@ -216,7 +217,7 @@ def _speak_in_a_fresh_process(root: Path, settings: EmbeddedSettings, lines: lis
                           f"{process.exitcode}; its error is printed above)")  # fmt: skip
 
 
-def _speak_all(root: Path, settings: EmbeddedSettings, lines: list[list[str]]) -> None:
+def _speak_all(root: Path, settings: EmbeddedSettings, lines: list[tuple[str, str, str]]) -> None:
     """Speak every (id, text, normalised text) in order and write each wav that is missing or
     differs (an earlier build's, made in another order); a wav that is already right is left
     as it is (its mtime is part of the corpus fingerprint)."""
