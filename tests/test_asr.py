@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -132,3 +134,21 @@ def test_score_device_is_checked_first(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         score([str(tmp_path), "--device", "gpu9"])
     assert stop.value.code == 2 and "--device 'gpu9'" in capsys.readouterr().err
+
+
+def test_the_asr_is_named_by_its_tensors_not_by_how_its_file_was_archived(tmp_path, asr):
+    """The same weights in another archive (a converted copy made on another machine differs
+    in its file bytes) have the same identity; one changed weight gives another."""
+    from eval.asr import weights_digest
+
+    converted = Path(find_weights("tiny.en", cache_dir=tmp_path)[0])
+    checkpoint = torch.load(converted, weights_only=True)
+    rearchived = tmp_path / "rearchived.pt"
+    torch.save({"model_state_dict": checkpoint["model_state_dict"], "dims": checkpoint["dims"],
+                "note": "another archive"}, rearchived)  # fmt: skip
+    assert rearchived.read_bytes() != converted.read_bytes()
+    same = Asr("tiny.en", weights=str(rearchived))
+    assert same.describe()["tensors_sha256"] == asr.describe()["tensors_sha256"]
+    with torch.no_grad():
+        same.model.decoder.ln.bias[0] += 1e-3
+    assert weights_digest(same.model) != asr.describe()["tensors_sha256"]

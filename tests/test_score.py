@@ -7,11 +7,12 @@ import pandas as pd
 import pytest
 
 from eval.score import main as score
+from experiments.provenance import machine
 from experiments.run import main as run
 
 
 @pytest.mark.slow
-def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
+def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path, monkeypatch):
     results = tmp_path / "results"
     for model, conditions in (("megabyte", '["tts","continuation"]'), ("valle", '["tts"]')):
         run(
@@ -95,6 +96,13 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path):
     assert json.loads(scores.read_text())["summary"]["utterances"] == 2
     score([str(results), "--data-root", "data", "--force"])
     assert scores.stat().st_mtime_ns != before
+    assert json.loads(scores.read_text())["scored_on"]["cpu"] == machine()["cpu"]
+    # on another machine (other arithmetic) the same audio gives other numbers: scored again
+    forced = scores.stat().st_mtime_ns
+    monkeypatch.setattr("eval.score.machine", lambda: {"cpu": "another CPU", "gpus": []})
+    score([str(results), "--data-root", "data"])
+    assert scores.stat().st_mtime_ns != forced
+    assert json.loads(scores.read_text())["scored_on"]["cpu"] == "another CPU"
 
 
 def check_in_browser(page: Path, *, audio: int) -> None:

@@ -1,12 +1,13 @@
 """The study is published from committed files: tables, findings, the README's section."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from eval.score import main as score
-from eval.study import BEGIN, END, StudyError, asr_agreement, render, replace_section
+from eval.study import BEGIN, END, StudyError, asr_agreement, collect, render, replace_section
 from eval.study import main as publish
 from eval.study_plot import panels, wer_by_k
 from experiments.run import main as run
@@ -78,6 +79,21 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path, caps
     assert all("wer_second" in u for u in scores["utterances"])
     assert "Kendall tau" in section
     assert "Picks of `demo`" in section and "| delay |" in section.split("Picks of")[1]
+    # a run scored on another machine than the rest of its study is refused; another study
+    # may be scored elsewhere
+    scored = study / "plain-k2-1e9" / "valle-tiny-seed0" / "scores.json"
+    kept = json.loads(scored.read_text())
+    scored.write_text(json.dumps({**kept, "scored_on": {**kept["scored_on"], "cpu": "other"}}))
+    with pytest.raises(SystemExit) as refused:
+        publish([str(tmp_path / "study")])
+    assert refused.value.code == 1 and "on different machines" in capsys.readouterr().err
+    other = tmp_path / "study" / "other" / "plain-k2-1e9"
+    other.mkdir(parents=True)
+    shutil.move(study / "plain-k2-1e9" / "valle-tiny-seed0", other / "valle-tiny-seed0")
+    assert "other/plain-k2-1e9/valle-tiny-seed0" in set(collect(tmp_path / "study")[0]["run"])
+    shutil.move(other / "valle-tiny-seed0", study / "plain-k2-1e9" / "valle-tiny-seed0")
+    shutil.rmtree(tmp_path / "study" / "other")
+    scored.write_text(json.dumps(kept))
     # runs of one group trained on other fitted codecs (another machine's fit) are refused
     manifest = study / "plain-k2-1e9" / "valle-tiny-seed0" / "data_manifest.json"
     manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "codec_identity": "x"}))
