@@ -152,3 +152,27 @@ def test_the_asr_is_named_by_its_tensors_not_by_how_its_file_was_archived(tmp_pa
     with torch.no_grad():
         same.model.decoder.ln.bias[0] += 1e-3
     assert weights_digest(same.model) != asr.describe()["tensors_sha256"]
+
+
+def test_a_fallback_runs_the_encoder_once_and_transcribes_as_whisper_does(asr, monkeypatch):
+    """Whisper decodes a failed segment again at each temperature, each time running the
+    encoder on the same mel; the ASR runs it once a window and reuses the features, with the
+    transcript of Whisper's own pass per decode."""
+    wav, sr = synthesize(SPOKEN[1])
+    babble = wav.flip(0)  # speech played backwards: no words, every temperature is tried
+    decodes = []
+    decode = asr.model.decode
+    monkeypatch.setattr(asr.model, "decode", lambda *a, **k: decodes.append(1) or decode(*a, **k))
+    passes = asr.encoder.passes
+    text = asr(babble, sr)
+    tried = len(decodes)
+    assert tried > 1  # the fallback decoded the window again
+    assert asr.encoder.passes == passes + 1
+
+    whisper_passes = []
+    own = type(asr.model.encoder).forward.__get__(asr.model.encoder)
+    monkeypatch.setattr(
+        asr.model.encoder, "forward", lambda mel: whisper_passes.append(1) or own(mel)
+    )
+    assert asr(babble, sr) == text
+    assert len(whisper_passes) == tried  # a pass per decode
