@@ -19,6 +19,7 @@ import json
 import math
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -33,7 +34,7 @@ from eval.stats import backend_intervals, pairwise_effects, seed_tests, utteranc
 from experiments.provenance import machine
 from phonelm.audio import conform, load_audio, save_audio
 from phonelm.codecs import CodecError
-from phonelm.io import digest, write_json, write_text
+from phonelm.io import Busy, FileLock, digest, write_json, write_text
 from phonelm.run_dir import NOVEL, RunDirError
 from phonelm.stopping import Terminated, sigterm_raises, stopped
 
@@ -54,6 +55,42 @@ def arithmetic(device: str) -> dict:
         "device": device,
         "gpus": where["gpus"] if device != "cpu" else [],
     }
+
+
+def scoring(scores: dict) -> str:
+    """What a scores file was made with: the ASR and the machine's arithmetic."""
+    return json.dumps({k: scores.get(k) for k in ("asr", "scored_on")}, sort_keys=True)
+
+
+class ScoringError(RuntimeError):
+    """A folder that holds scores made another way than this command would make them."""
+
+
+def _made_with(saved: dict) -> str:
+    """'tiny.en (8f3c...) on Intel Xeon (AVX512, 1 thread, torch 2.13.0, cpu)'."""
+    asr, on = saved.get("asr") or {}, saved.get("scored_on")
+    weights = f"{asr.get('model')} ({asr.get('tensors_sha256') or asr.get('sha256') or '?'})"
+    if not on:
+        return f"{weights}, machine not recorded"
+    return (f"{weights} on {on['cpu']} ({on['vector_unit']}, {on['threads']} thread(s), "
+            f"torch {on['torch']}, {on['device']})")  # fmt: skip
+
+
+def refuse_other_scorings(out: Path, runs: list[Run], made: dict) -> None:
+    """A folder is scored one way: one ASR, one machine's arithmetic (eval/study.py refuses a
+    study whose scores mix two). Scores of another way under `out` are not silently replaced
+    run by run: the command stops and says how to go on."""
+    files = [run.samples.scores for run in runs] + sorted(out.glob("**/references/*/scores.json"))
+    others = [(f, saved) for f in files if (saved := cached(f)) and scoring(saved) != scoring(made)]
+    if others:
+        path, saved = others[0]
+        raise ScoringError(
+            f"{out} holds {len(others)} scores file(s) made another way (e.g. {path}: "
+            f"{_made_with(saved)}) than this command makes them ({_made_with(made)}); a "
+            "folder is scored one way, so score it where those were made, or pass "
+            "--rescore-others to score them again here (an interrupted pass goes on with the "
+            "same command; scores made here are kept), or --force to score everything again"
+        )
 
 
 def _utterance_scores(ref: str, hyp: str, codes, extra: dict, second: str | None = None) -> dict:
@@ -210,32 +247,46 @@ def score_references(
 ) -> dict:
     """Ground truth and codec resynthesis of the sentences the runs generated, per codec."""
     results = {}
-    for group_key, members in _reference_groups(runs).items():
+
+    def score(group: tuple[str, list[Run]], again: bool) -> None:
+        group_key, members = group
         folder = out / "references" / group_key
-        cache = folder / "scores.json"
-        ids = sorted({g["id"] for run in members for g in run.generations})
-        saved = None if force else cached(cache, key=key, ids=ids)
-        if saved is None:
-            rows = _reference_rows(members[0], ids, asr, second, folder)
-            saved = {
-                "key": key,
-                "asr": asr.describe(),
-                "scored_on": arithmetic(asr.device),
-                "ids": ids,
-                "split": generated_split(members[0]),
-                "k": members[0].codec().n_codebooks,
-                "codec": members[0].codec().settings(),
-                "rows": {
-                    name: {
-                        "summary": {**_summary(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
-                        "utterances": utts,
-                    }
-                    for name, utts in rows.items()
-                },
-            }
-            write_json(cache, saved)
-        results[group_key] = saved
+        folder.mkdir(parents=True, exist_ok=True)
+        with FileLock(folder / ".lock", wait=False):  # one process a group (each_once)
+            forced = force and not again
+            results[group_key] = _scored_references(members, asr, key, folder, forced, second)
+
+    each_once(list(_reference_groups(runs).items()), score)
     return results
+
+
+def _scored_references(
+    members: list[Run], asr: Asr, key: str, folder: Path, force: bool, second: Asr | None
+) -> dict:
+    """One reference group's scores: cached in `folder`, else scored and written there."""
+    cache = folder / "scores.json"
+    ids = sorted({g["id"] for run in members for g in run.generations})
+    saved = None if force else cached(cache, key=key, ids=ids)
+    if saved is None:
+        rows = _reference_rows(members[0], ids, asr, second, folder)
+        saved = {
+            "key": key,
+            "asr": asr.describe(),
+            "scored_on": arithmetic(asr.device),
+            "ids": ids,
+            "split": generated_split(members[0]),
+            "k": members[0].codec().n_codebooks,
+            "codec": members[0].codec().settings(),
+            "rows": {
+                name: {
+                    "summary": {**_summary(utts), "loop_rate": 0.0, "duration_ratio": 1.0},
+                    "utterances": utts,
+                }
+                for name, utts in rows.items()
+            },
+        }
+        write_json(cache, saved)
+    return saved
 
 
 def eval_split(run: Run) -> str:
@@ -317,6 +368,13 @@ def _arguments() -> argparse.ArgumentParser:
         "in fp16 there, a score cache of its own), cpu or cuda[:N]",
     )
     ap.add_argument("--force", action="store_true", help="rescore runs already scored")
+    ap.add_argument(
+        "--rescore-others",
+        action="store_true",
+        help="score again here the runs and reference rows that were scored with another ASR "
+        "or on another machine's arithmetic (without it the command refuses, so that a folder "
+        "is never left scored two ways); those already scored here are kept",
+    )
     ap.add_argument("--report-sentences", type=int, default=10)
     return ap
 
@@ -349,15 +407,40 @@ def _runs(out: Path, problems: list[str], device: str) -> list[Run]:
     return runs
 
 
+def each_once(items: list, work, *, poll: float = 5.0) -> None:
+    """`work(item, again)` for every item, where the same command started more than once on a
+    folder shares its work: an item another process holds is left to it (`work` raises Busy)
+    and tried again (`again` True) once the others are done, every `poll` s until it is free,
+    when its scores are read from the other process's cache."""
+    pending, again = list(items), False
+    while pending:
+        held = []
+        for item in pending:
+            try:
+                work(item, again)
+            except Busy:
+                held.append(item)
+        if held:
+            time.sleep(poll)
+        pending, again = held, True
+
+
 def _score_runs(runs: list[Run], asr, second, key: str, force: bool, problems: list[str]):
-    """-> (the runs that scored, their scores by run name); a damaged run is named, skipped."""
+    """-> (the runs that scored, their scores by run name); a damaged run is named, skipped.
+    A run is held while it is scored (its directory's lock, which its training holds too), so
+    that processes started on the same folder score each run once; one scored by another
+    process is read, not forced again."""
     scores = {}
-    for run in runs:
+
+    def score(run: Run, again: bool) -> None:
         try:
-            scores[run.name] = score_run(run, asr, key, force, second)
+            with FileLock(run.path / ".lock", wait=False):
+                scores[run.name] = score_run(run, asr, key, force and not again, second)
         except (RunError, RunDirError, CodecError) as err:  # this run only: score the rest
             problems.append(f"{run.path}: {err}")
             print(f"skipped: {run.path}: {err}", file=sys.stderr)
+
+    each_once(runs, score)
     return [run for run in runs if run.name in scores], scores
 
 
@@ -396,12 +479,13 @@ def score_all(args) -> pd.DataFrame:
     second = Asr(args.second_asr, cache_dir=cache, device=device) if args.second_asr else None
     described = [asr.describe(), second.describe() if second else None, arithmetic(device)]
     key = digest(SCORE_VERSION, *described)
+    if not (args.force or args.rescore_others):
+        refuse_other_scorings(out, runs, {"asr": described[0], "scored_on": described[2]})
     runs, scores = _score_runs(runs, asr, second, key, args.force, problems)
     if not runs:
         sys.exit(f"no scorable run directories under {out} ({len(problems)} skipped)")
     references = score_references(runs, asr, key, out, args.force, second)
     table, per_utt = _tables(runs, scores, references, asr)
-    write_text(out / "summary.csv", table.to_csv(index=False))
     from eval.report import write_report
 
     tests = {
@@ -410,9 +494,11 @@ def score_all(args) -> pd.DataFrame:
         "intervals": backend_intervals(per_utt),
         "effects": pairwise_effects(per_utt),
     }
-    write_report(
-        out, table, per_utt, runs, references, tests, problems, sentences=args.report_sentences
-    )
+    with FileLock(out / ".lock"):  # processes sharing the folder write its tables in turn
+        write_text(out / "summary.csv", table.to_csv(index=False))
+        write_report(
+            out, table, per_utt, runs, references, tests, problems, sentences=args.report_sentences
+        )
     print((out / "summary.md").read_text())
     return table
 
@@ -431,7 +517,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         code, name = stopped(err)
         ap.exit(code, f"{ap.prog}: {name}: stopped; every run scored so far keeps its scores "
                 "(cached in its directory): run the same command to go on\n")  # fmt: skip
-    except AsrError as err:  # weights that cannot be had: one line, how to get them
+    except (AsrError, ScoringError) as err:  # one line: what is wrong, how to go on
         ap.exit(1, f"{ap.prog}: error: {err}\n")
     except OSError as err:  # a read-only results folder, a full disk: nothing half-written
         ap.exit(1, f"{ap.prog}: error: cannot write the scores ({err})\n")

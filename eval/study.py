@@ -25,7 +25,7 @@ from pathlib import Path
 import pandas as pd
 
 from eval.runs import RunError, find_runs, load_runs
-from eval.score import run_row
+from eval.score import run_row, scoring
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
 from eval.study_plot import references_of, wer_by_k
 from phonelm.io import write_text
@@ -127,11 +127,6 @@ def study_of(group: str) -> str:
     """The study a group of runs belongs to: its first folder under the root (`confirm` for
     `confirm/pick-k4-1.8e14`), which one `eval/score.py` command scores."""
     return Path(group).parts[0] if Path(group).parts else "."
-
-
-def scoring(scores: dict) -> str:
-    """What a scores file was made with: the ASR and the machine's arithmetic."""
-    return json.dumps({k: scores.get(k) for k in ("asr", "scored_on")}, sort_keys=True)
 
 
 def codec_identity(run) -> str | None:

@@ -1,5 +1,6 @@
 """Atomic writes and content hashes: nothing half-written is ever taken for finished work."""
 
+import fcntl
 import hashlib
 import json
 import os
@@ -81,3 +82,37 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class Busy(OSError):
+    """A lock file held by another process."""
+
+
+class FileLock:
+    """An exclusive lock on a file (made if missing), released when the process ends however it
+    ends (flock): `with FileLock(path):` waits for it, `FileLock(path, wait=False)` raises Busy
+    when another process holds it."""
+
+    def __init__(self, path: str | os.PathLike, *, wait: bool = True):
+        self.path, self.wait, self._handle = Path(path), wait, None
+
+    def acquire(self) -> None:
+        handle = self.path.open("a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.close()
+            raise Busy(f"{self.path} is held by another process") from None
+        self._handle = handle
+
+    def release(self) -> None:
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+    def __enter__(self):
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()

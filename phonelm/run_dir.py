@@ -22,7 +22,6 @@ the damaged file. Readers treat every file as untrusted: a bad one is a `RunDirE
 
 import contextlib
 import errno
-import fcntl
 import json
 import sys
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from safetensors import SafetensorError
 
 from phonelm.codecs import Codec, build_codec, codec_class
 from phonelm.config import CodecConfig, ConfigFileError, from_dict
-from phonelm.io import remove_stale_temps, write_text, write_with
+from phonelm.io import Busy, FileLock, remove_stale_temps, write_text, write_with
 
 
 class RunDirError(ValueError):
@@ -123,19 +122,17 @@ class RunDir:
         start that failed its checks leaves nothing behind)."""
         path = self.path / ".lock"
         made = [p for p in (self.path, *self.path.parents) if not p.exists()]  # to tidy up
+        held = FileLock(path, wait=False)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            handle = path.open("a")
-        except OSError as err:  # --out names a file, or a read-only place
-            raise RunDirError(f"cannot write the run directory {self.path} ({err})") from err
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+            held.acquire()
+        except Busy:
             raise RunDirError(
                 f"{self.path} is in use by another process (the same run started twice?): "
                 "wait for it to end, or use another --out"
             ) from None
+        except OSError as err:  # --out names a file, or a read-only place
+            raise RunDirError(f"cannot write the run directory {self.path} ({err})") from err
         # held: whatever a killed process of this run left half-written goes (it is never
         # read: every write is a temp file renamed, a checkpoint `.new` until verified)
         remove_stale_temps(self.path, older_than=0)
@@ -144,8 +141,7 @@ class RunDir:
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+            held.release()
             if [p.name for p in self.path.iterdir()] == [".lock"]:
                 path.unlink()
                 for folder in made:  # innermost first: the folders this lock made, if empty

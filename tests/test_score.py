@@ -12,7 +12,7 @@ from experiments.run import main as run
 
 
 @pytest.mark.slow
-def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path, monkeypatch):
+def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path, monkeypatch, capsys):
     results = tmp_path / "results"
     for model, conditions in (("megabyte", '["tts","continuation"]'), ("valle", '["tts"]')):
         run(
@@ -97,12 +97,24 @@ def test_scores_runs_incrementally_and_skips_broken_ones(tmp_path, monkeypatch):
     score([str(results), "--data-root", "data", "--force"])
     assert scores.stat().st_mtime_ns != before
     assert json.loads(scores.read_text())["scored_on"]["cpu"] == machine()["cpu"]
-    # on another machine (other arithmetic) the same audio gives other numbers: scored again
+    # on another machine (other arithmetic) the same audio gives other numbers: the folder's
+    # scores are not replaced one by one (a folder half scored each way) unless asked
     forced = scores.stat().st_mtime_ns
     monkeypatch.setattr("eval.score.machine", lambda: {"cpu": "another CPU", "gpus": []})
-    score([str(results), "--data-root", "data"])
+    with pytest.raises(SystemExit) as refused:
+        score([str(results), "--data-root", "data"])
+    assert refused.value.code == 1
+    said = capsys.readouterr().err
+    assert "made another way" in said and "--rescore-others" in said
+    assert f"on {machine()['cpu']} (" in said and "on another CPU (" in said
+    assert scores.stat().st_mtime_ns == forced
+    score([str(results), "--data-root", "data", "--rescore-others"])
     assert scores.stat().st_mtime_ns != forced
     assert json.loads(scores.read_text())["scored_on"]["cpu"] == "another CPU"
+    again = scores.stat().st_mtime_ns  # scored here now: kept, and no refusal
+    score([str(results), "--data-root", "data", "--rescore-others"])
+    score([str(results), "--data-root", "data"])
+    assert scores.stat().st_mtime_ns == again
 
 
 def check_in_browser(page: Path, *, audio: int) -> None:
@@ -255,3 +267,38 @@ def test_a_run_with_one_training_log_line_has_no_measured_rate():
     assert math.isnan(row["train_codes_per_s"])
     table = pd.DataFrame([{**row, "entry": "delay", "preset": "cpu"}])
     assert headline_table(table, pd.DataFrame())["train codes/s"].tolist() == [""]
+
+
+def test_processes_started_on_one_folder_score_each_run_once(tmp_path, monkeypatch):
+    """The same command started twice on a folder shares its runs: a run the other process
+    holds is left to it and read when it is free (from its cache: not forced again), and the
+    others are scored here."""
+    from types import SimpleNamespace
+
+    from eval import score as scoring
+    from phonelm.run_dir import RunDir
+
+    runs = []
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+        runs.append(SimpleNamespace(name=name, path=tmp_path / name, dir=RunDir(tmp_path / name)))
+    calls = []
+    monkeypatch.setattr(
+        scoring,
+        "score_run",
+        lambda run, asr, key, force, second: calls.append((run.name, force)) or {"run": run.name},
+    )
+    other = runs[1].dir.lock()
+    other.__enter__()  # another process is scoring b ...
+    waits = []
+
+    def wait(seconds):  # ... and is done with it while this one waits
+        if not waits:
+            other.__exit__(None, None, None)
+        waits.append(seconds)
+
+    monkeypatch.setattr(scoring.time, "sleep", wait)
+    done, scores = scoring._score_runs(runs, None, None, "key", True, problems := [])
+    assert calls == [("a", True), ("c", True), ("b", False)]
+    assert [run.name for run in done] == ["a", "b", "c"] and set(scores) == {"a", "b", "c"}
+    assert len(waits) == 1 and not problems
