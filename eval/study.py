@@ -28,8 +28,9 @@ from eval.runs import RunError, find_runs, load_runs
 from eval.score import run_row, scoring
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
 from eval.study_plot import references_of, wer_by_k
+from experiments.sweep import load_study
 from phonelm.io import write_text
-from phonelm.run_dir import RunDirError
+from phonelm.run_dir import RunDir, RunDirError
 
 BEGIN, END = "<!-- study:begin -->", "<!-- study:end -->"
 TABLE_COLUMNS = {  # column -> heading
@@ -51,8 +52,32 @@ TABLE_COLUMNS = {  # column -> heading
 }
 
 
+STUDIES = Path(__file__).resolve().parent.parent / "experiments" / "studies"
+
+
 class StudyError(ValueError):
     """Study files that cannot be published; the message names them."""
+
+
+def progress(root: str | Path, studies: str | Path = STUDIES) -> list[str]:
+    """How far each study is: per study file whose study has a folder under `root`, the runs
+    of its grid that finished (test_metrics.json) and those scored in every condition."""
+    lines = []
+    for file in sorted(Path(studies).glob("*.toml")):
+        jobs = load_study(file, root)
+        name = jobs[0].out.parent.name
+        if not (Path(root) / name).is_dir():
+            continue
+        finished = [job.run_dir for job in jobs if job.done]
+        scored = [path for path in finished if _scored(RunDir(path))]
+        lines.append(f"- `{name}` (`{file.name}`): {len(finished)} of {len(jobs)} runs "
+                     f"finished, {len(scored)} of them scored")  # fmt: skip
+    return lines
+
+
+def _scored(run: RunDir) -> bool:
+    conditions = run.conditions()
+    return bool(conditions) and all(run.samples(c).scores.is_file() for c in conditions)
 
 
 def short_of_budget(config: dict, test_metrics: dict) -> str | None:
@@ -315,10 +340,14 @@ def render(
     cut = [f"- {line}" for line in left_out]
     if cut:
         cut = ["", "Left out of every table (each setting is run again in full):", *cut]
+    status = progress(root)
+    if status:
+        status = ["Progress (the study files' grids against the committed runs):", *status, ""]
     if (split := runs_and_references(table)) is None:
-        return "\n".join(["No study runs are scored yet.", *cut]) + "\n"
+        return "\n".join([*status, "No study runs are scored yet.", *cut]) + "\n"
     runs, refs = split
     md = [
+        *status,
         "WER is Whisper tiny.en's (temperature fallback), the mean of per-utterance WER with a "
         "95% hierarchical-bootstrap interval over seeds, then sentences; MCD is the DTW-aligned "
         "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "

@@ -203,3 +203,35 @@ def test_the_plot_has_a_point_per_backend_and_k_and_leaves_the_screens_out(tmp_p
     assert wer_by_k(steps_only, intervals, refs, tmp_path / "steps.png").exists()
     assert wer_by_k(runs[runs["split"] == "valid"], intervals, refs, tmp_path / "no.png") is None
     assert not (tmp_path / "no.png").exists()
+
+
+def test_the_progress_counts_the_grid_s_runs_finished_and_scored(tmp_path):
+    """Each study file's grid against its folder: finished runs (test_metrics.json) and those
+    scored in every condition they generated."""
+    from eval.study import progress
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "demo.toml").write_text(
+        'name = "demo"\nmodels = ["delay", "flat", "valle"]\ncodebooks = [2]\nseeds = [0]\n'
+        "budget_flops = [1e9]\n"
+    )
+    (studies / "elsewhere.toml").write_text(  # no folder under the root: not listed
+        'name = "elsewhere"\nmodels = ["delay"]\ncodebooks = [2]\nseeds = [0]\n'
+        "budget_flops = [1e9]\n"
+    )
+    root = tmp_path / "study"
+    group = root / "demo" / "default-k2-1e9"
+    for model, files in {
+        "delay": ["test_metrics.json", "samples/generation.jsonl", "scores.json",
+                  "samples-novel/generation.jsonl", "scores-novel.json"],
+        "flat": ["test_metrics.json", "samples/generation.jsonl", "scores.json",
+                 "samples-novel/generation.jsonl"],  # novel not scored yet
+        "valle": ["samples/generation.jsonl"],  # still running
+    }.items():  # fmt: skip
+        for file in files:
+            (group / f"{model}-cpu-seed0" / file).parent.mkdir(parents=True, exist_ok=True)
+            (group / f"{model}-cpu-seed0" / file).write_text("{}")
+    assert progress(root, studies) == [
+        "- `demo` (`demo.toml`): 2 of 3 runs finished, 1 of them scored"
+    ]
