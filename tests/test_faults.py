@@ -265,9 +265,12 @@ def test_a_signal_during_generation_stops_with_a_message_and_its_exit_code(
     import time
 
     root = Path(__file__).resolve().parent.parent
-    # one sentence a batch: after the first wav, the other batches are still to come
+    # one sentence a batch: after the first wav, the other batches are still to come; each
+    # batch takes seconds (an untrained model speaks to max_seconds), so that the signal lands
+    # in one even on a loaded machine (at 1 s a batch it once came after the last, exit 0)
+    generate = ("generate.limit=none", "generate.batch_size=1", "generate.max_seconds=4.0")
     args = [sys.executable, str(root / "experiments" / "run.py"),
-            *tiny(tmp_path, data_root, "generate.limit=none", "generate.batch_size=1")]  # fmt: skip
+            *tiny(tmp_path, data_root, *generate)]  # fmt: skip
     proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     samples = tmp_path / "delay-tiny-seed0" / "samples"
@@ -278,7 +281,7 @@ def test_a_signal_during_generation_stops_with_a_message_and_its_exit_code(
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
     assert f"{signum}: stopped" in err and "Traceback" not in err
-    [result] = run(tiny(tmp_path, data_root, "generate.limit=none", "generate.batch_size=1"))
+    [result] = run(tiny(tmp_path, data_root, *generate))
     assert result["generation"]["tts"]["utterances"] >= 2
 
 
