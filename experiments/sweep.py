@@ -23,11 +23,16 @@ docs/gpu.md). The study file (TOML):
     "code-0.5" = ["model.code_dropout=0.5"]
     [per_model]                             # a backend's own overrides (e.g. the screens' pick)
     valle = ["model.code_dropout=0.3"]
+
+A study frozen at one commit names it (`commit = "e81a758"`): the sweep then runs and lists its
+jobs only from a clean checkout of that commit (`--code`, a worktree of it), never from code
+written since.
 """
 
 import argparse
 import itertools
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -39,8 +44,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _KEYS = {
     "name", "preset", "models", "codebooks", "seeds", "budget_flops", "set", "variants",
-    "per_model",
+    "per_model", "commit",
 }  # fmt: skip
+_HASH = r"[0-9a-f]{7,40}"  # a git commit, abbreviated or whole
 
 
 class StudyError(ValueError):
@@ -115,9 +121,7 @@ def _list(study: dict, key: str, kind: type, path: Path) -> list:
     return values
 
 
-def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -> list[Job]:
-    """The study's jobs in a fixed order (variant, K, budget, seed, model)."""
-    path = Path(path)
+def _read(path: Path) -> dict:
     try:
         study = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
@@ -125,6 +129,43 @@ def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -
     unknown = sorted(set(study) - _KEYS)
     if unknown:
         raise StudyError(f"{path}: unknown keys {unknown}; valid: {sorted(_KEYS)}")
+    commit = study.get("commit")
+    if commit is not None and not (isinstance(commit, str) and re.fullmatch(_HASH, commit)):
+        raise StudyError(
+            f"{path}: 'commit' holds {commit!r}; expected a git commit hash (7-40 hex digits)"
+        )
+    return study
+
+
+def study_commit(path: str | Path) -> str | None:
+    """The commit a study is frozen at (its `commit` key), or None."""
+    return _read(Path(path)).get("commit")
+
+
+def check_code(code: Path, commit: str) -> None:
+    """Refuse a checkout `code` that is not a clean checkout of `commit` (tracked files)."""
+    fix = (
+        f"the study runs at {commit}: `git worktree add ../frozen {commit}`, then --code ../frozen"
+    )
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(code), *args], capture_output=True, text=True)
+        if done.returncode:
+            raise StudyError(f"--code {code}: not a git checkout ({done.stderr.strip()}); {fix}")
+        return done.stdout.strip()
+
+    head = git("rev-parse", "HEAD")
+    if not head.startswith(commit):
+        raise StudyError(f"--code {code} is at commit {head[:12]}; {fix}")
+    changed = git("status", "--porcelain", "--untracked-files=no").splitlines()
+    if changed:
+        raise StudyError(f"--code {code}: tracked files changed ({changed[0].strip()}); {fix}")
+
+
+def load_study(path: str | Path, out: str | Path = ROOT / "results" / "study") -> list[Job]:
+    """The study's jobs in a fixed order (variant, K, budget, seed, model)."""
+    path = Path(path)
+    study = _read(path)
     name = study.get("name")
     if not isinstance(name, str) or not name or "/" in name:
         raise StudyError(f"{path}: 'name' must be a folder name")
@@ -188,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.exit(2, f"{ap.prog}: error: --code {args.code}: no experiments/run.py there\n")
     try:
         jobs = load_study(args.study, args.out)
+        if commit := study_commit(args.study):
+            check_code(code, commit)
     except StudyError as err:
         ap.exit(2, f"{ap.prog}: error: {err}\n")
     left = [j for j in jobs if args.all or not j.done]

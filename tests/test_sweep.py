@@ -128,3 +128,42 @@ def test_code_runs_every_job_from_another_checkout(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         sweep([str(path), "--code", str(tmp_path / "nowhere")])
     assert stop.value.code == 2 and "no experiments/run.py" in capsys.readouterr().err
+
+
+def _git(cwd, *args):
+    import subprocess
+
+    return subprocess.run(
+        ["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+        cwd=cwd, check=True, capture_output=True, text=True,
+    ).stdout.strip()  # fmt: skip
+
+
+def test_a_study_frozen_at_a_commit_runs_only_from_a_clean_checkout_of_it(tmp_path, capsys):
+    """`commit = "..."`: the sweep lists and runs the jobs only from that commit's clean
+    checkout, so a study never runs code written after its freeze (the default --code is this
+    checkout, at another commit)."""
+    frozen = tmp_path / "frozen"
+    (frozen / "experiments").mkdir(parents=True)
+    (frozen / "experiments" / "run.py").write_text(STUB_RUN)
+    _git(frozen, "init", "-q")
+    _git(frozen, "add", ".")
+    _git(frozen, "commit", "-qm", "freeze")
+    head = _git(frozen, "rev-parse", "HEAD")
+    path, out = write(tmp_path, f'commit = "{head[:9]}"\n' + STUDY), tmp_path / "out"
+    assert sweep([str(path), "--out", str(out), "--code", str(frozen), "--jobs"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 8
+    (frozen / "untracked.txt").write_text("a run's data link is untracked and allowed")
+    assert sweep([str(path), "--out", str(out), "--code", str(frozen), "--jobs"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        sweep([str(path), "--out", str(out)])  # this checkout, not the frozen one
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and f"the study runs at {head[:9]}" in err and "is at" in err
+    (frozen / "experiments" / "run.py").write_text(STUB_RUN + "\n# edited\n")
+    with pytest.raises(SystemExit) as stop:
+        sweep([str(path), "--out", str(out), "--code", str(frozen)])
+    assert stop.value.code == 2 and "tracked files changed" in capsys.readouterr().err
+    assert not out.exists()  # nothing ran
+    with pytest.raises(StudyError, match="expected a git commit hash"):
+        load_study(write(tmp_path, 'commit = "main"\n' + STUDY))
