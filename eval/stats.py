@@ -4,9 +4,10 @@
 - `utterance_tests`: per generation condition and seed, a Wilcoxon signed-rank test on
   per-utterance WER for every pair of backends (the same sentences, so the pairs are matched);
   Holm's correction across the pairs of each (condition, seed).
-- `seed_tests`: per condition, with >= 3 seeds of both backends, a paired t-test on per-seed
-  mean per-utterance WER (paired by seed: same data order and sentences), Holm-corrected across
-  the pairs of the condition.
+- `seed_tests`: per condition, with >= 3 seeds of both backends, the mean paired difference of
+  a per-seed metric (default: mean per-utterance WER; paired by seed: same data order and
+  sentences) with its 95% t interval and a paired t-test, Holm-corrected across the pairs of
+  the condition.
 - `backend_intervals`, `pairwise_effects`: the mean of per-utterance WER per backend and the
   difference per pair, with 95% intervals from a hierarchical bootstrap (resample seeds, then
   sentences within each) and, per pair, a two-sided bootstrap p, Holm-corrected. This is the
@@ -89,6 +90,7 @@ def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer_mean") -> pd.DataFr
             pair = table[[a, b]].dropna()
             if len(pair) < 3:
                 continue
+            difference, half = mean_ci(pair[a] - pair[b])
             block.append(
                 {
                     "group": where,
@@ -98,6 +100,9 @@ def seed_tests(per_seed: pd.DataFrame, *, metric: str = "wer_mean") -> pd.DataFr
                     "seeds": len(pair),
                     f"mean_{metric}_a": pair[a].mean(),
                     f"mean_{metric}_b": pair[b].mean(),
+                    "difference": difference,  # a - b, its 95% t interval over seeds
+                    "ci_low": difference - half,
+                    "ci_high": difference + half,
                     "t_test_p": stats.ttest_rel(pair[a], pair[b]).pvalue,
                 }
             )

@@ -24,9 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from eval.runs import RunError, find_runs, load_runs
+from eval.runs import RunError, find_runs, group_of, load_runs
 from eval.score import run_row, scoring
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
+from eval.study_bits import bits_table
 from eval.study_plot import references_of, wer_by_k
 from experiments.sweep import load_study
 from phonelm.io import write_text
@@ -146,6 +147,48 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 "per K (docs/study.md)"
             )
     return pd.DataFrame(rows), pd.DataFrame(utterances), left_out
+
+
+def finished_runs(root: str | Path) -> pd.DataFrame:
+    """One row per run under root that finished training within its FLOPs budget, scored or
+    not: its group, split, backend, seed and what it measured on its split when it ended."""
+    rows = []
+    for path in find_runs(root):
+        run = RunDir(path)
+        try:
+            config, test = run.read_json(run.config), run.read_json(run.test_metrics)
+        except RunDirError:
+            continue  # in flight, or damaged: not published
+        if short_of_budget(config, test) or "test" not in test:
+            continue
+        measured = test["test"]
+        rows.append(
+            {"group": group_of(path, Path(root)), "split": test.get("eval_split", "test"),
+             "model": config["model"]["name"], "seed": config["seed"],
+             "bits_per_code": measured["bits_per_code"],
+             "bits_cb1": measured["bits_per_code_by_codebook"][0],
+             "text_reliance_bits": measured.get("text_reliance_bits"), "steps": test["steps"]}
+        )  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def bits_section(root: str | Path, screens: bool) -> list[str]:
+    """The ASR-free table of every finished run (eval/study_bits.py); screens=False leaves out
+    the runs evaluated on `valid`."""
+    finished = finished_runs(root)
+    if not finished.empty and not screens:
+        finished = finished[finished["split"] != "valid"]
+    if finished.empty:
+        return []
+    return [
+        "\n#### Held-out bits per code of every finished run (teacher-forced, no ASR)\n",
+        "Each run measures it on its split when training ends, so this table fills as runs "
+        "land, before they are scored: the mean over seeds with a 95% Student-t interval. A "
+        "pair of backends is tested once it has 3 shared seeds (the paired difference over "
+        "seeds with its t interval, a paired t-test, Holm within a setting) and holds when its "
+        "interval excludes 0 and Holm p < 0.05.\n",
+        *bits_table(finished),
+    ]
 
 
 def study_of(group: str) -> str:
@@ -343,8 +386,9 @@ def render(
     status = progress(root)
     if status:
         status = ["Progress (the study files' grids against the committed runs):", *status, ""]
+    bits = bits_section(root, screens)
     if (split := runs_and_references(table)) is None:
-        return "\n".join([*status, "No study runs are scored yet.", *cut]) + "\n"
+        return "\n".join([*status, "No study runs are scored yet.", *bits, *cut]) + "\n"
     runs, refs = split
     md = [
         *status,
@@ -376,7 +420,7 @@ def render(
             *findings(pairwise_effects(here)),
             *asr_agreement(here),
         ]
-    return "\n".join(md + picks(runs, per_utt) + cut) + "\n"
+    return "\n".join(md + bits + picks(runs, per_utt) + cut) + "\n"
 
 
 def replace_section(readme: str, section: str) -> str:

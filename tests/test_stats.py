@@ -93,6 +93,12 @@ def test_seed_tests_pair_by_seed_and_need_three_seeds():
     t = 2 * math.sqrt(3)
     assert result["t_test_p"].iloc[0] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
     assert result["holm_p"].iloc[0] == pytest.approx(result["t_test_p"].iloc[0])
+    # x - y per seed: 1, 2, 3 -> mean 2, half-width t(0.975, 2) * 1 / sqrt 3
+    half = 4.302652729911275 / math.sqrt(3)
+    assert result["difference"].iloc[0] == pytest.approx(2.0)
+    assert (result["ci_low"].iloc[0], result["ci_high"].iloc[0]) == pytest.approx(
+        (2 - half, 2 + half)
+    )
 
 
 def _grid(model: str, values, group: str = "g") -> list[dict]:

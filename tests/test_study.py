@@ -235,3 +235,42 @@ def test_the_progress_counts_the_grid_s_runs_finished_and_scored(tmp_path):
     assert progress(root, studies) == [
         "- `demo` (`demo.toml`): 2 of 3 runs finished, 1 of them scored"
     ]
+
+
+def test_every_finished_run_is_in_the_bits_table_scored_or_not_and_pairs_need_three_seeds(
+    tmp_path,
+):
+    """The ASR-free table reads each run's test_metrics.json only: a finished run counts before
+    it is scored, a run in flight or short of its budget does not, and a pair of backends is
+    tested (paired over seeds, Holm) only once it shares 3 seeds."""
+    from eval.study import bits_section, finished_runs
+
+    group = tmp_path / "study" / "confirm" / "pick-k4-1e9"
+    bits = {"delay": [4.30, 4.37, 4.31], "valle": [4.46, 4.51, 4.49], "flat": [5.43, 5.41]}
+    for model, values in bits.items():
+        for seed, value in enumerate(values):
+            run_dir = group / f"{model}-cpu-seed{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "config.json").write_text(
+                json.dumps({"model": {"name": model}, "seed": seed, "train": {"budget_flops": 1e9}})
+            )
+            (run_dir / "test_metrics.json").write_text(json.dumps(
+                {"eval_split": "test", "steps": 100, "stopped_by": "flops", "test": {
+                    "bits_per_code": value, "bits_per_code_by_codebook": [1.0, 5.0],
+                    "text_reliance_bits": 2.0}}))  # fmt: skip
+    (group / "megabyte-cpu-seed0").mkdir()  # in flight: config only
+    (group / "megabyte-cpu-seed0" / "config.json").write_text("{}")
+    finished = finished_runs(tmp_path / "study")
+    assert sorted(finished["model"].unique()) == ["delay", "flat", "valle"] and len(finished) == 8
+    text = "\n".join(bits_section(tmp_path / "study", screens=False))
+    assert "| `confirm/pick-k4-1e9` | `test` | delay | 3 | **4.327** [" in text
+    assert "| valle | 3 |" in text and "4.460 / 4.510 / 4.490" in text
+    assert "delay - flat: not tested yet (2 shared seeds, 3 needed)" in text
+    # valle - delay per seed: +0.16, +0.14, +0.18, far from 0 against its spread
+    assert "delay - valle: **delay < valle** (difference -0.160 [" in text
+    assert "paired over 3 seeds, Holm p = " in text
+    cut = json.loads((group / "valle-cpu-seed2" / "test_metrics.json").read_text())
+    (group / "valle-cpu-seed2" / "test_metrics.json").write_text(
+        json.dumps({**cut, "stopped_by": "max_minutes"}))  # fmt: skip
+    text = "\n".join(bits_section(tmp_path / "study", screens=False))
+    assert "delay - valle: not tested yet (2 shared seeds, 3 needed)" in text
