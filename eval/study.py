@@ -395,7 +395,10 @@ def render(
         "WER is Whisper tiny.en's (temperature fallback), the mean of per-utterance WER with a "
         "95% hierarchical-bootstrap interval over seeds, then sentences; MCD is the DTW-aligned "
         "mel-cepstral distortion against the true audio; bits/code is teacher-forced on the "
-        'run\'s split. A pair "holds" when its interval excludes 0 and Holm p < 0.05.',
+        'run\'s split. A pair "holds" when its interval excludes 0 and Holm p < 0.05. Train '
+        "codes/s and gen RTF are each run's own, on the machine and load it ran with (its "
+        "env.json; a study's runs span machine kinds): speed is compared side by side on one "
+        "machine by bench/run.py (docs/speed.md).",
     ]
     if figure:
         md.append(f"\n![Mean per-utterance WER against K per backend]({figure})")
