@@ -265,7 +265,7 @@ def test_every_finished_run_is_in_the_bits_table_scored_or_not_and_pairs_need_th
     text = "\n".join(bits_section(tmp_path / "study", screens=False))
     assert "| `confirm/pick-k4-1e9` | `test` | delay | 3 | **4.327** [" in text
     assert "| valle | 3 |" in text and "4.460 / 4.510 / 4.490" in text
-    assert "delay - flat: not tested yet (2 shared seeds, 3 needed)" in text
+    assert "not tested yet (shared seeds; 3 needed): delay - flat (2), flat - valle (2)" in text
     # valle - delay per seed: +0.16, +0.14, +0.18, far from 0 against its spread
     assert "delay - valle: **delay < valle** (difference -0.160 [" in text
     assert "paired over 3 seeds, Holm p = " in text
@@ -273,4 +273,4 @@ def test_every_finished_run_is_in_the_bits_table_scored_or_not_and_pairs_need_th
     (group / "valle-cpu-seed2" / "test_metrics.json").write_text(
         json.dumps({**cut, "stopped_by": "max_minutes"}))  # fmt: skip
     text = "\n".join(bits_section(tmp_path / "study", screens=False))
-    assert "delay - valle: not tested yet (2 shared seeds, 3 needed)" in text
+    assert "3 needed): delay - flat (2), delay - valle (2), flat - valle (2)" in text
