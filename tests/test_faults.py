@@ -267,12 +267,19 @@ def test_a_signal_during_generation_stops_with_a_message_and_its_exit_code(
     root = Path(__file__).resolve().parent.parent
     # one sentence a batch: after the first wav, the other batches are still to come; each
     # batch takes seconds (an untrained model speaks to max_seconds), so that the signal lands
-    # in one even on a loaded machine (at 1 s a batch it once came after the last, exit 0)
+    # in one even on a loaded machine
     generate = ("generate.limit=none", "generate.batch_size=1", "generate.max_seconds=4.0")
     args = [sys.executable, str(root / "experiments" / "run.py"),
             *tiny(tmp_path, data_root, *generate)]  # fmt: skip
+
+    # SIGINT at its default in the child: a shell's background job (`cmd &`) starts with it
+    # ignored, and Python then installs no KeyboardInterrupt handler (so the run exited 0)
+    def default_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     proc = subprocess.Popen(args, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+                            text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=default_sigint)  # fmt: skip
     samples = tmp_path / "delay-tiny-seed0" / "samples"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not any(samples.glob("*.wav")):
