@@ -1,3 +1,4 @@
+import os
 import warnings
 from pathlib import Path
 
@@ -8,7 +9,9 @@ from phonelm.audio import conform, save_audio
 from phonelm.espeak import synthesize
 
 warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)
-torch.set_num_threads(2)
+# Two threads in one pytest process; one in each of pytest-xdist's workers (scripts/test.sh runs
+# one worker per core). Tests that run a command set its threads themselves.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 SENTENCES = [
     "The old clock stopped at noon.",
