@@ -9,7 +9,7 @@ machine, torch's version and the thread count. What is measured:
 1. Training: median step time (forward + backward + AdamW, after `--warmup` steps) on real
    batches of the preset's cache; codes/s (K x real frames); model FLOPs/s (models/flops.py);
    MFU = model FLOPs/s / the peak of this machine, taken as a large fp32 matmul timed in the same
-   run; the share of step time spent waiting for the next batch.
+   run (its fastest repeat); the share of step time spent waiting for the next batch.
 2. Generation: real-time factor (compute seconds / seconds of audio made, all items of the
    batch together) for `--seconds` of audio per item at each `--batches` size, KV-cached (the
    backends' own decoding, models/kv_cache.py), and uncached (the whole sequence recomputed
@@ -88,18 +88,22 @@ class PeakMemory:
             self._thread.join()
 
 
-def peak_flops(device: torch.device, n: int) -> float:
-    """FLOP/s of an n x n x n fp32 matmul: the machine's practical peak for MFU."""
+def peak_flops(device: torch.device, n: int, seconds: float = 0.25) -> float:
+    """FLOP/s of an n x n x n fp32 matmul at its fastest of at least 5 repeats and `seconds` of
+    them: the machine's practical peak for MFU. The fastest, not the median: other load only
+    ever slows a repeat, and a small matmul (the smoke run's) lasts less than one time slice of
+    a busy machine's scheduler, so its median there measured the load (MFU over 1 in a test
+    run beside other tests)."""
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     a @ b
-    times = []
-    for _ in range(5):
+    times: list[float] = []
+    while len(times) < 5 or sum(times) < seconds:
         sync(device)
         start = time.perf_counter()
         a @ b
         sync(device)
         times.append(time.perf_counter() - start)
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / min(times)
 
 
 class NoStop(Chooser):

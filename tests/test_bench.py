@@ -44,6 +44,34 @@ def test_smoke_benchmark_measures_every_backend_and_the_peers(tmp_path):
     assert (out / "bench_generation.png").stat().st_size > 10_000
 
 
+def _clock(durations: list[float]):
+    """A perf_counter whose every start/stop pair of calls spans the next of `durations`."""
+    state = {"now": 0.0, "pairs": 0, "running": False}
+
+    def perf_counter() -> float:
+        if state["running"]:
+            state["now"] += durations[state["pairs"]]
+            state["pairs"] += 1
+        state["running"] = not state["running"]
+        return state["now"]
+
+    return perf_counter, state
+
+
+@pytest.mark.parametrize("seconds, repeats", [(0.0, 5), (1.0, 7)])
+def test_the_peak_is_the_fastest_matmul_of_five_repeats_or_more_for_the_given_seconds(
+    seconds, repeats, monkeypatch
+):
+    """Load on the machine only slows a repeat: repeats that lost a time slice to another
+    process (0.5 s) leave the peak where the fastest one puts it."""
+    perf_counter, state = _clock([0.5, 0.002, 0.001, 0.49, 0.003, 0.002, 0.004] + [0.0005] * 9)
+    monkeypatch.setattr(bench.time, "perf_counter", perf_counter)
+    n = 8
+    peak = bench.peak_flops(bench.torch.device("cpu"), n, seconds=seconds)
+    assert peak == pytest.approx(2 * n**3 / 0.001)
+    assert state["pairs"] == repeats  # 5, or as many as reach `seconds` (1.002 s after 7)
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [(["--seconds", "-1"], "--seconds takes numbers > 0, got -1.0"),
