@@ -11,6 +11,6 @@ if ! command -v chromedriver >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-
 fi
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
-# one pytest-xdist worker per core (-n 0 after it runs in one process); the slowest tests are
-# listed at the end
-.venv/bin/python -m pytest -n auto --durations=15 "$@"
+# one pytest-xdist worker per core, 4 at most (`-n 0` after it: one process); the slowest
+# tests are listed at the end
+.venv/bin/python -m pytest -n auto --maxprocesses 4 --durations=15 "$@"
