@@ -29,7 +29,7 @@ from eval.score import run_row, scoring
 from eval.stats import backend_intervals, hierarchical_bootstrap, interval, pairwise_effects
 from eval.study_bits import bits_table
 from eval.study_plot import references_of, wer_by_k
-from experiments.sweep import load_study
+from experiments.sweep import load_study, study_scoring_machine
 from phonelm.io import write_text
 from phonelm.run_dir import RunDir, RunDirError
 
@@ -62,23 +62,65 @@ class StudyError(ValueError):
 
 def progress(root: str | Path, studies: str | Path = STUDIES) -> list[str]:
     """How far each study is: per study file whose study has a folder under `root`, the runs
-    of its grid that finished (test_metrics.json) and those scored in every condition."""
-    lines = []
+    of its grid that finished (test_metrics.json) and those scored in every condition (on its
+    scoring machine, where the study file names one: `scored_on`)."""
+    lines, machines = [], scoring_machines(studies)
     for file in sorted(Path(studies).glob("*.toml")):
         jobs = load_study(file, root)
         name = jobs[0].out.parent.name
         if not (Path(root) / name).is_dir():
             continue
         finished = [job.run_dir for job in jobs if job.done]
-        scored = [path for path in finished if _scored(RunDir(path))]
+        machine = machines.get(name)
+        scored = [path for path in finished if _scored(RunDir(path), machine)]
+        on = f" on {_machine_words(machine)}" if machine else ""
+        elsewhere = len([path for path in finished if _scored(RunDir(path))]) - len(scored)
+        if elsewhere:
+            on += f" ({elsewhere} more scored elsewhere, to be scored again there)"
         lines.append(f"- `{name}` (`{file.name}`): {len(finished)} of {len(jobs)} runs "
-                     f"finished, {len(scored)} of them scored")  # fmt: skip
+                     f"finished, {len(scored)} of them scored{on}")  # fmt: skip
     return lines
 
 
-def _scored(run: RunDir) -> bool:
+def scoring_machines(studies: str | Path = STUDIES) -> dict[str, dict]:
+    """{study name: the machine its scores must be made on} for the study files that name one
+    (`scored_on = {cpu = ..., vector_unit = ..., threads = ..., torch = ..., device = ...}`,
+    the keys of eval/score.py's `arithmetic`). A study scored across sittings on machines of
+    one kind publishes only the scores made there: one made elsewhere counts as not scored
+    yet (`eval/score.py --rescore-others` on the named machine replaces it), so each scored
+    run can be committed as it lands instead of the whole study in one pass."""
+    machines = {}
+    for file in sorted(Path(studies).glob("*.toml")):
+        if (machine := study_scoring_machine(file)) is not None:
+            machines[load_study(file)[0].out.parent.name] = machine
+    return machines
+
+
+def made_on(saved: dict, machine: dict | None) -> bool:
+    """Whether a scores file was made on the study's scoring machine (any, if it names none)."""
+    on = saved.get("scored_on") or {}
+    return machine is None or all(on.get(k) == v for k, v in machine.items())
+
+
+def _machine_words(machine: dict) -> str:
+    """'AMD EPYC (AVX2, 1 thread(s), torch 2.13.0+cpu, cpu)', as eval/score.py says it."""
+    words = {"vector_unit": "{}", "threads": "{} thread(s)", "torch": "torch {}", "device": "{}"}
+    rest = [words.get(k, k + " {}").format(v) for k, v in machine.items() if k != "cpu"]
+    cpu = machine.get("cpu", "any CPU")
+    return f"{cpu} ({', '.join(rest)})" if rest else cpu
+
+
+def _scored(run: RunDir, machine: dict | None = None) -> bool:
+    def made_here(path: Path) -> bool:
+        try:
+            return machine is None or made_on(json.loads(path.read_text()), machine)
+        except (OSError, json.JSONDecodeError):
+            return False
+
     conditions = run.conditions()
-    return bool(conditions) and all(run.samples(c).scores.is_file() for c in conditions)
+    return bool(conditions) and all(
+        run.samples(c).scores.is_file() and made_here(run.samples(c).scores) for c in conditions
+    )
 
 
 def short_of_budget(config: dict, test_metrics: dict) -> str | None:
@@ -94,10 +136,13 @@ def short_of_budget(config: dict, test_metrics: dict) -> str | None:
     )
 
 
-def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def collect(
+    root: str | Path, studies: str | Path = STUDIES
+) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(one row per scored run and reference row, one row per scored utterance, the runs left
-    out because they ended short of their FLOPs budget) from the committed files under root."""
-    root = Path(root)
+    out because they ended short of their FLOPs budget) from the committed files under root;
+    of a study whose file names its scoring machine, only the scores made there."""
+    root, machines = Path(root), scoring_machines(studies)
     rows, utterances, scorings, left_out, codecs = [], [], {}, [], {}
     for path in find_runs(root):
         try:
@@ -116,6 +161,8 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
                 scores = json.loads(run.samples.scores.read_text())
             except (OSError, json.JSONDecodeError):
                 continue  # not scored yet
+            if not made_on(scores, machines.get(study_of(run.group))):
+                continue  # scored elsewhere: not yet on the study's scoring machine
             scorings.setdefault(study_of(run.group), set()).add(scoring(scores))
             rows.append(run_row(run, scores))
             utterances += [
@@ -126,6 +173,8 @@ def collect(root: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     for ref_file in sorted(root.glob("**/references/*/scores.json")):
         saved = json.loads(ref_file.read_text())
         where = str(ref_file.parent.parent.parent.relative_to(root))
+        if not made_on(saved, machines.get(study_of(where))):
+            continue
         scorings.setdefault(study_of(where), set()).add(scoring(saved))
         for name, block in saved["rows"].items():
             rows.append(

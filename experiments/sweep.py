@@ -26,7 +26,9 @@ docs/gpu.md). The study file (TOML):
 
 A study frozen at one commit names it (`commit = "e81a758"`): the sweep then runs and lists its
 jobs only from a clean checkout of that commit (`--code`, a worktree of it), never from code
-written since.
+written since. A study scored across sittings names the machine its scores are made on
+(`scored_on = {cpu = "AMD EPYC", vector_unit = "AVX2", ...}`: eval/score.py's `scored_on`);
+eval/study.py then publishes only the scores made there (docs/study.md).
 """
 
 import argparse
@@ -44,7 +46,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 _KEYS = {
     "name", "preset", "models", "codebooks", "seeds", "budget_flops", "set", "variants",
-    "per_model", "commit",
+    "per_model", "commit", "scored_on",
 }  # fmt: skip
 _HASH = r"[0-9a-f]{7,40}"  # a git commit, abbreviated or whole
 
@@ -134,12 +136,23 @@ def _read(path: Path) -> dict:
         raise StudyError(
             f"{path}: 'commit' holds {commit!r}; expected a git commit hash (7-40 hex digits)"
         )
+    machine = study.get("scored_on")
+    if machine is not None and not (isinstance(machine, dict) and machine):
+        raise StudyError(
+            f"{path}: 'scored_on' holds {machine!r}; expected a table of what eval/score.py "
+            "records as a score's scored_on (cpu, vector_unit, threads, torch, device)"
+        )
     return study
 
 
 def study_commit(path: str | Path) -> str | None:
     """The commit a study is frozen at (its `commit` key), or None."""
     return _read(Path(path)).get("commit")
+
+
+def study_scoring_machine(path: str | Path) -> dict | None:
+    """The machine a study's scores are made on (its `scored_on` key), or None: any."""
+    return _read(Path(path)).get("scored_on")
 
 
 def check_code(code: Path, commit: str) -> None:

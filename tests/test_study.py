@@ -87,6 +87,18 @@ def test_a_scored_study_is_published_with_its_tables_and_findings(tmp_path, caps
     with pytest.raises(SystemExit) as refused:
         publish([str(tmp_path / "study")])
     assert refused.value.code == 1 and "on different machines" in capsys.readouterr().err
+    # unless its study file names its scoring machine: then a score made elsewhere counts as
+    # not scored yet, and the rest is published
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    on = ", ".join(f"{k} = {json.dumps(v)}" for k, v in kept["scored_on"].items() if k != "gpus")
+    (studies / "demo.toml").write_text(
+        f'name = "demo"\nmodels = ["delay", "valle"]\ncodebooks = [2]\nseeds = [0]\n'
+        f"budget_flops = [1e9]\nscored_on = {{{on}}}\n"
+    )
+    published = set(collect(tmp_path / "study", studies)[0]["run"])
+    assert "demo/plain-k2-1e9/delay-tiny-seed0" in published
+    assert "demo/plain-k2-1e9/valle-tiny-seed0" not in published
     other = tmp_path / "study" / "other" / "plain-k2-1e9"
     other.mkdir(parents=True)
     shutil.move(study / "plain-k2-1e9" / "valle-tiny-seed0", other / "valle-tiny-seed0")
@@ -235,6 +247,44 @@ def test_the_progress_counts_the_grid_s_runs_finished_and_scored(tmp_path):
     assert progress(root, studies) == [
         "- `demo` (`demo.toml`): 2 of 3 runs finished, 1 of them scored"
     ]
+
+
+def test_a_study_scored_on_a_named_machine_counts_only_the_scores_made_there(tmp_path):
+    """A study file may name the machine its scores are made on (`scored_on`): scores made
+    elsewhere, or that record no machine, are not counted as scored."""
+    from eval.study import made_on, progress, scoring_machines
+    from experiments.sweep import StudyError as StudyFileError
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "demo.toml").write_text(
+        'name = "demo"\nmodels = ["delay", "flat", "valle"]\ncodebooks = [2]\nseeds = [0]\n'
+        'budget_flops = [1e9]\nscored_on = {cpu = "AMD EPYC", vector_unit = "AVX2"}\n'
+    )
+    amd = {"cpu": "AMD EPYC", "vector_unit": "AVX2", "threads": 1, "device": "cpu"}
+    group = tmp_path / "study" / "demo" / "default-k2-1e9"
+    for model, scored_on in {
+        "delay": amd,
+        "flat": {**amd, "cpu": "Intel Xeon"},
+        "valle": None,
+    }.items():
+        run = group / f"{model}-cpu-seed0"
+        (run / "samples").mkdir(parents=True)
+        (run / "samples" / "generation.jsonl").write_text("{}")
+        (run / "test_metrics.json").write_text("{}")
+        (run / "scores.json").write_text(json.dumps({"scored_on": scored_on} if scored_on else {}))
+    assert progress(tmp_path / "study", studies) == [
+        "- `demo` (`demo.toml`): 3 of 3 runs finished, 1 of them scored on AMD EPYC (AVX2) "
+        "(2 more scored elsewhere, to be scored again there)"
+    ]
+    assert scoring_machines(studies) == {"demo": {"cpu": "AMD EPYC", "vector_unit": "AVX2"}}
+    assert made_on({"scored_on": amd}, None) and made_on({}, None)
+    assert not made_on(
+        {"scored_on": {**amd, "vector_unit": "AVX512"}}, scoring_machines(studies)["demo"]
+    )
+    (studies / "bad.toml").write_text('name = "bad"\nmodels = ["delay"]\nscored_on = "AMD"\n')
+    with pytest.raises(StudyFileError, match="bad.toml: 'scored_on' holds 'AMD'; expected a table"):
+        scoring_machines(studies)
 
 
 def test_every_finished_run_is_in_the_bits_table_scored_or_not_and_pairs_need_three_seeds(
