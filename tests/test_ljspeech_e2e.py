@@ -110,7 +110,11 @@ def test_fake_ljspeech_prepare_paper_preset_generate_score(tmp_path):
     command("eval/score.py", str(out), "--asr", "tiny.en", "--data-root", str(data))
     summary = {row["run"]: row for row in csv.DictReader(open(out / "summary.csv"))}
     assert {"megabyte-paper-seed0", "ground truth", "codec resynthesis"} <= set(summary)
-    truth = float(summary["ground truth"]["wer_mean"])
-    assert truth <= 0.5  # eSpeak's plain sentences, heard by tiny.en
+    (references,) = out.glob("references/*/scores.json")
+    heard = json.loads(references.read_text())["rows"]["ground truth"]["utterances"]
+    # eSpeak's plain sentences heard by tiny.en: on another CPU one of the two may be misheard
+    # or looped (a CI machine's mean WER was 0.76); audio garbled on its way (a wrong rate, a
+    # broken load) is misheard in both
+    assert min(u["wer"] for u in heard) <= 0.3, [(u["ref"], u["hyp"]) for u in heard]
     assert float(summary["megabyte-paper-seed0"]["wer_mean"]) >= 0
     assert (out / "report.html").is_file()
